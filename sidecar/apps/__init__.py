@@ -1,0 +1,1 @@
+"""Application types: how each kind of app wants its payloads (sylk, linphone, plugins)."""

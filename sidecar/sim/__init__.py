@@ -1,0 +1,1 @@
+"""A simulator of APNs, FCM and Google OAuth for tests, demos and staging."""

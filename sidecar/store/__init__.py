@@ -1,0 +1,1 @@
+"""Device token storage: SQLite (embedded default) and Apache Cassandra."""
