@@ -1,0 +1,192 @@
+"""Push -> Outcome: the one place that decides how a push is sent.
+
+Theory of operation: the ingress hands over a validated :class:`Push` with
+its application and app type.  The app type builds the notification (pure),
+the push service makes one attempt at a time and classifies the answer, and
+this module owns everything around the attempts: the deadline (a cancel
+scope at ``push.deadline``), retries with backoff honouring Retry-After, the
+overload limit, and the single final :class:`Outcome` that is logged and
+counted.  "Nothing lost" is checkable: pushes in == outcomes out, per kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+import trio
+
+from .apps.base import AppType
+from .config import AppConfig
+from .model import Outcome, OutcomeKind, Push, PushValidationError
+from .pns.backoff import backoff_delay
+from .pns.base import Notification, PushService, SendResult, Verdict
+
+logger = logging.getLogger("sidecar.dispatch")
+
+
+class ServiceLookup(Protocol):
+    def service_for(self, app: AppConfig) -> PushService: ...
+
+
+class OutcomeListener(Protocol):
+    def __call__(
+        self, push: Push, app: AppConfig, notification: Notification | None, outcome: Outcome
+    ) -> None: ...
+
+
+class Dispatcher:
+    """Sends pushes through the push services and reports one outcome each.
+
+    Args:
+      services: finds the :class:`PushService` of an application.
+      max_in_flight: above this many pushes in progress, new ones are
+        ``dropped`` at once (overload protection; the proxy will not wait).
+      wall_clock: UNIX time source (injectable for tests).
+      listeners: called with every final outcome (metrics, remote logging).
+    """
+
+    def __init__(
+        self,
+        services: ServiceLookup,
+        *,
+        max_in_flight: int = 20000,
+        wall_clock: Callable[[], float] = time.time,
+        listeners: list[OutcomeListener] | None = None,
+    ):
+        self._services = services
+        self._max_in_flight = max_in_flight
+        self._wall_clock = wall_clock
+        self.listeners: list[OutcomeListener] = list(listeners or [])
+        self.in_flight = 0
+        self.counts: dict[OutcomeKind, int] = {kind: 0 for kind in OutcomeKind}
+        self.received = 0
+
+    async def dispatch(self, push: Push, app: AppConfig, app_type: AppType) -> Outcome:
+        """Send ``push`` and return its one outcome.  Never raises (but Cancelled)."""
+        self.received += 1
+        log_received(push, app)
+        notification: Notification | None = None
+        if self.in_flight >= self._max_in_flight:
+            outcome = Outcome(OutcomeKind.DROPPED, 503, "overloaded: too many pushes in flight")
+            return self._finish(push, app, None, outcome)
+        self.in_flight += 1
+        try:
+            try:
+                notification = app_type.build(push, app.platform, self._wall_clock())
+            except PushValidationError as exc:
+                outcome = Outcome(OutcomeKind.REJECTED, exc.status, exc.message)
+            else:
+                outcome = await self._send_until_done(push, app, notification)
+        except Exception as exc:  # a bug in an app type or a plugin: contain it
+            logger.exception("push %s failed unexpectedly", push.request_id)
+            outcome = Outcome(OutcomeKind.FAILED, 500, f"internal error: {type(exc).__name__}")
+        finally:
+            self.in_flight -= 1
+        return self._finish(push, app, notification, outcome)
+
+    def drop(self, push: Push, app: AppConfig | None, reason: str, kind=OutcomeKind.DROPPED) -> Outcome:
+        """Record the outcome of a push that never reached :meth:`dispatch`
+        (expired in a queue, duplicate...)."""
+        self.received += 1
+        code = 504 if kind is OutcomeKind.EXPIRED else 503
+        return self._finish(push, app, None, Outcome(kind, code, reason))
+
+    async def _send_until_done(
+        self, push: Push, app: AppConfig, notification: Notification
+    ) -> Outcome:
+        service = self._services.service_for(app)
+        attempts = 0
+        last: SendResult | None = None
+        with trio.move_on_at(push.deadline):
+            while True:
+                attempts += 1
+                last = await service.send(push, notification)
+                log_attempt(push, attempts, last)
+                if last.verdict is not Verdict.RETRY:
+                    return _final_outcome(last, attempts)
+                delay = backoff_delay(attempts, last.retry_after)
+                if trio.current_time() + delay >= push.deadline:
+                    return Outcome(
+                        OutcomeKind.FAILED,
+                        last.status or 502,
+                        f"{last.reason} (no retry: the next one would be after the deadline)",
+                        url=last.url,
+                        attempts=attempts,
+                        body=last.body,
+                    )
+                await trio.sleep(delay)
+        # The deadline passed.
+        if last is None:
+            return Outcome(OutcomeKind.EXPIRED, 504, "deadline passed before it could be sent")
+        return Outcome(
+            OutcomeKind.FAILED if last.verdict is Verdict.RETRY else OutcomeKind.EXPIRED,
+            last.status or 504,
+            f"deadline passed after {attempts} attempt(s); last: {last.reason}",
+            url=last.url,
+            attempts=attempts,
+            body=last.body,
+        )
+
+    def _finish(
+        self, push: Push, app: AppConfig | None, notification: Notification | None, outcome: Outcome
+    ) -> Outcome:
+        self.counts[outcome.kind] += 1
+        log_outcome(push, outcome)
+        for listener in self.listeners:
+            try:
+                listener(push, app, notification, outcome)
+            except Exception:
+                logger.exception("outcome listener %r failed", listener)
+        return outcome
+
+
+_VERDICT_TO_KIND = {
+    Verdict.DELIVERED: OutcomeKind.DELIVERED,
+    Verdict.TOKEN_DEAD: OutcomeKind.TOKEN_DEAD,
+    Verdict.REJECTED: OutcomeKind.REJECTED,
+}
+
+
+def _final_outcome(result: SendResult, attempts: int) -> Outcome:
+    kind = _VERDICT_TO_KIND[result.verdict]
+    # Dead tokens are reported as 410 whatever the service said (Sylk contract).
+    code = 410 if kind is OutcomeKind.TOKEN_DEAD else (result.status or 400)
+    return Outcome(kind, code, result.reason, url=result.url, attempts=attempts, body=result.body)
+
+
+# -- log lines (one when a push arrives, one per attempt, one per outcome) ---------
+
+
+def log_received(push: Push, app: AppConfig | None) -> None:
+    logger.info(
+        "event=received call_id=%s request_id=%s source=%s app=%s platform=%s device=%s "
+        "push_event=%s",
+        push.call_id, push.request_id, push.source, push.app_id, push.platform,
+        push.device_id or "-", push.event.value,
+    )
+
+
+def log_attempt(push: Push, attempt: int, result: SendResult) -> None:
+    logger.info(
+        "event=attempt call_id=%s request_id=%s attempt=%d status=%d verdict=%s reason=%s",
+        push.call_id, push.request_id, attempt, result.status, result.verdict.value,
+        _quote(result.reason),
+    )
+
+
+def log_outcome(push: Push, outcome: Outcome) -> None:
+    level = logging.INFO if outcome.ok else logging.WARNING
+    logger.log(
+        level,
+        "event=outcome call_id=%s request_id=%s app=%s platform=%s device=%s kind=%s code=%d "
+        "attempts=%d reason=%s",
+        push.call_id, push.request_id, push.app_id, push.platform, push.device_id or "-",
+        outcome.kind.value, outcome.code, outcome.attempts, _quote(outcome.reason),
+    )
+
+
+def _quote(text: Any) -> str:
+    text = str(text)
+    return f'"{text}"' if (" " in text or not text) else text

@@ -1,0 +1,141 @@
+"""Which push service serves which application; plugins from extra_pns_dir.
+
+A push-service plugin is a ``*.py`` file in ``extra_pns_dir`` that defines a
+subclass of :class:`sidecar.pns.base.PushService` with a ``platform`` name.
+An application selects it with ``app_platform = <that name>``.  The plugin is
+constructed as ``cls(app, nursery)``: ``app`` is the application's
+:class:`~sidecar.config.AppConfig` (its own options are in ``app.extra``) and
+``nursery`` owns any background task it needs.  See config/pns/sample_pns.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+import trio
+
+from ..config import AppConfig
+from .base import PushService, PushServiceConfigError
+
+logger = logging.getLogger("sidecar.pns")
+
+ServiceFactory = Callable[[AppConfig, trio.Nursery], PushService]
+
+
+class PluginError(Exception):
+    """A plugin file could not be loaded; the message names the file."""
+
+
+def load_plugin_classes(folder: Path | None, base: type) -> dict[str, type]:
+    """Import every ``*.py`` in ``folder`` and collect subclasses of ``base``.
+
+    The name of a class is its ``name`` attribute (app types) or ``platform``
+    attribute (push services).  Shared by app-type and push-service plugins.
+    """
+    found: dict[str, type] = {}
+    if folder is None or not folder.is_dir():
+        return found
+    attribute = "platform" if base is PushService else "name"
+    for path in sorted(folder.glob("*.py")):
+        module_name = f"sidecar_plugin_{base.__name__.lower()}_{path.stem}"
+        try:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            assert spec and spec.loader
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise PluginError(f"{path}: cannot load plugin: {type(exc).__name__}: {exc}") from exc
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, base) and cls is not base and cls.__module__ == module_name:
+                name = getattr(cls, attribute, "")
+                if not name:
+                    raise PluginError(f"{path}: class {cls.__name__} has no {attribute!r} name")
+                found[name] = cls
+    return found
+
+
+def builtin_factories(*, debug_hpack: bool = False) -> dict[str, ServiceFactory]:
+    """Factories of the built-in services, sharing one JWT cache per process."""
+    from .apns import ApnsService
+    from .apns_auth import ApnsTokenCache
+
+    token_cache = ApnsTokenCache()
+
+    def apple(app: AppConfig, nursery: trio.Nursery) -> PushService:
+        return ApnsService(app, nursery, token_cache=token_cache, debug_hpack=debug_hpack)
+
+    factories: dict[str, ServiceFactory] = {"apple": apple}
+    try:
+        from .fcm import create_fcm_service
+    except ImportError:  # FCM support not installed in this build
+        pass
+    else:
+        factories["firebase"] = create_fcm_service
+    return factories
+
+
+class PushServices:
+    """Owns one long-lived :class:`PushService` per application.
+
+    Services are created lazily on first use (so a slow connect never delays
+    start-up), kept across config reloads while their application's
+    configuration is unchanged, and closed when it changes or goes away.
+    """
+
+    def __init__(self, nursery: trio.Nursery, factories: dict[str, ServiceFactory]):
+        self._nursery = nursery
+        self._factories = factories
+        self._services: dict[tuple[str, str], tuple[AppConfig, PushService]] = {}
+
+    @property
+    def platforms(self) -> frozenset[str]:
+        return frozenset(self._factories)
+
+    def service_for(self, app: AppConfig) -> PushService:
+        entry = self._services.get(app.key)
+        if entry is not None and entry[0] == app:
+            return entry[1]
+        if entry is not None:  # configuration changed under a live service
+            self._retire(entry[1])
+        factory = self._factories.get(app.platform)
+        if factory is None:
+            raise PushServiceConfigError(f"no push service for platform {app.platform!r}")
+        service = factory(app, self._nursery)
+        self._services[app.key] = (app, service)
+        return service
+
+    def validate(self, app: AppConfig) -> None:
+        """Create (and keep) the service now, so bad credentials fail at start-up."""
+        self.service_for(app)
+
+    def apply(self, applications: dict[tuple[str, str], AppConfig]) -> None:
+        """After a reload: retire the services of changed or removed applications."""
+        for key, (app, service) in list(self._services.items()):
+            if applications.get(key) != app:
+                del self._services[key]
+                self._retire(service)
+
+    def statistics(self) -> dict[tuple[str, str], dict]:
+        return {key: dict(service.statistics()) for key, (_, service) in self._services.items()}
+
+    def _retire(self, service: PushService) -> None:
+        async def close_later() -> None:
+            # Let pushes already in flight on it finish (drain), then close.
+            await trio.sleep(5)
+            await service.aclose()
+
+        self._nursery.start_soon(close_later)
+
+    async def aclose(self) -> None:
+        services = [service for _, service in self._services.values()]
+        self._services.clear()
+        for service in services:
+            with trio.move_on_after(3) as scope:
+                scope.shield = True
+                await service.aclose()
