@@ -104,3 +104,166 @@ class Runtime:
         self.settings = settings
         self.app_types = app_types
         self.services.apply(dict(settings.applications))
+
+
+class SidecarHandle:
+    """What :func:`run_sidecar` reports once it is ready (tests use it)."""
+
+    def __init__(self, runtime: Runtime, http_urls: list[str], zmq_endpoint: str | None, stop: Callable[[], None]):
+        self.runtime = runtime
+        self.http_urls = http_urls
+        self.zmq_endpoint = zmq_endpoint
+        self.stop = stop
+
+    @property
+    def http_url(self) -> str:
+        return self.http_urls[0]
+
+
+async def run_sidecar(
+    config_dir: Path,
+    *,
+    ip: str | None = None,
+    port: int | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[SidecarHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the sidecar until stopped (SIGTERM/SIGINT or ``handle.stop()``).
+
+    Raises ConfigError (bad configuration, including unusable credentials).
+    """
+    from .ingress.http import create_http_app
+    from .observe import systemd
+    from .pns.base import PushServiceConfigError
+    from .store.factory import open_store
+
+    settings, app_types, pns_plugins = load_all(config_dir)
+    if ip is not None or port is not None:
+        settings = _override(settings, ip=ip, port=port)
+    stop_requested = trio.Event()
+    store = await open_store(settings)
+    try:
+        async with trio.open_nursery() as nursery:
+            factories = builtin_factories(debug_hpack=settings.debug_hpack)
+            for name, cls in pns_plugins.items():
+                factories[name] = cls
+            services = PushServices(nursery, factories)
+            problems = []
+            for app in settings.applications.values():
+                try:
+                    services.validate(app)
+                except PushServiceConfigError as exc:
+                    problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
+            if problems:
+                raise ConfigError(problems)
+            runtime = Runtime(settings, app_types, services, store, nursery)
+
+            http_urls = await nursery.start(_serve_http, create_http_app(runtime), settings, stop_requested)
+            zmq_endpoint = None
+            if settings.zmq_enabled:
+                zmq_endpoint = await nursery.start(_serve_zmq, runtime, settings)
+            if handle_signals:
+                nursery.start_soon(_handle_signals, runtime, config_dir, stop_requested)
+            nursery.start_soon(systemd.watchdog_loop)
+            systemd.notify_ready()
+            logger.info(
+                "pushsidecar ready: http %s, zmq %s, %d application(s), store %s",
+                ", ".join(http_urls), zmq_endpoint or "off", len(settings.applications),
+                "cassandra" if settings.cassandra.enabled else "sqlite",
+            )
+            task_status.started(SidecarHandle(runtime, http_urls, zmq_endpoint, stop_requested.set))
+            await stop_requested.wait()
+            systemd.notify_stopping()
+            logger.info("stopping: %d push(es) in flight", runtime.dispatcher.in_flight)
+            with trio.move_on_after(STOP_GRACE_SECONDS):
+                while runtime.dispatcher.in_flight:
+                    await trio.sleep(0.05)
+            await services.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()
+    logger.info("stopped")
+
+
+def _override(settings: Settings, *, ip: str | None, port: int | None) -> Settings:
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    if ip is not None:
+        changes["host"] = ip
+    if port is not None:
+        changes["port"] = port
+    return dataclasses.replace(settings, **changes)
+
+
+async def _serve_http(app: Any, settings: Settings, stop_requested: trio.Event, *, task_status) -> None:
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    config.bind = [f"{host}:{settings.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("sidecar.http.server")
+    config.keep_alive_max_requests = 100000
+    config.graceful_timeout = STOP_GRACE_SECONDS
+    if settings.tls_certificate is not None:
+        config.certfile = str(settings.tls_certificate)
+        config.keyfile = str(settings.tls_certificate)
+    await serve(app, config, shutdown_trigger=stop_requested.wait, task_status=task_status)
+
+
+async def _handle_signals(runtime: Runtime, config_dir: Path, stop_requested: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                reload_config(runtime, config_dir, reason="SIGHUP")
+            else:
+                logger.info("received %s", signal.Signals(signum).name)
+                stop_requested.set()
+
+
+def reload_config(runtime: Runtime, config_dir: Path, *, reason: str) -> bool:
+    """Load the configuration again; keep the old one if the new one is invalid."""
+    try:
+        settings, app_types, _ = load_all(config_dir)
+    except ConfigError as exc:
+        logger.error("reload (%s) rejected, keeping the running configuration:\n  %s",
+                     reason, "\n  ".join(exc.problems))
+        return False
+    current = runtime.settings
+    settings = _override(settings, ip=current.host, port=current.port)
+    runtime.apply_settings(settings, app_types)
+    logger.info("configuration reloaded (%s): %d application(s)", reason, len(settings.applications))
+    return True
+
+
+def run_daemon(config_dir: str | None, *, ip: str | None, port: int | None, debug: bool) -> int:
+    """The foreground daemon behind ``pushsidecar``: exit 0 on a clean stop,
+    2 on a configuration error."""
+    import sys
+
+    from .config import find_config_dir
+    from .observe.log import setup_logging
+
+    try:
+        path = find_config_dir(config_dir)
+        settings, _, _ = load_all(path)
+    except ConfigError as exc:
+        print("configuration errors:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return 2
+    setup_logging(
+        debug=debug or settings.debug,
+        log_to_file=settings.log_to_file,
+        log_file=settings.log_file,
+        debug_hpack=settings.debug_hpack,
+    )
+    try:
+        trio.run(lambda: run_sidecar(path, ip=ip, port=port))
+    except ConfigError as exc:
+        print("configuration errors:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
