@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8400, help="HTTP API port (default 8400; 0 = any free port)")
     demo.add_argument("--dir", type=Path, help="where to write the demo configuration (default: a temporary folder)")
 
-    from .sim.cli import add_simulate_command
+    from .sim.cli import build_parser as add_simulate_command
     add_simulate_command(commands)
 
     from .store.cli import add_store_commands
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo":
         from .demo import run_demo
         return run_demo(port=args.port, folder=args.dir)
-    handler = getattr(args, "handler", None)
+    handler = getattr(args, "handler", None) or getattr(args, "func", None)
     if handler is None:
         parser.error(f"unknown command {command!r}")
     return int(handler(args) or 0)

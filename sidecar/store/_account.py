@@ -1,0 +1,33 @@
+"""Accounts are ``user@domain``; the stores keep the two halves in separate columns."""
+
+from __future__ import annotations
+
+
+def split_account(account: str) -> tuple[str, str]:
+    """Split ``user@domain`` into (user, domain) at the first ``@``.
+
+    Raises:
+        ValueError: no ``@``, or an empty user or domain.
+    """
+    username, at, domain = account.partition("@")
+    if not at or not username or not domain:
+        raise ValueError(f"account must look like user@domain: {account!r}")
+    return username, domain
+
+
+def join_account(username: str, domain: str) -> str:
+    return f"{username}@{domain}"
+
+
+def silent_to_text(silent: bool) -> str:
+    """Sylk's schema keeps ``silent`` as the text '1' / '0'."""
+    return "1" if silent else "0"
+
+
+def silent_from_text(value: object) -> bool:
+    """Read back what Sylk (or we) wrote: '1'/'0', 'true'/'false', or a bool/int."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off", "")
+    if value is None:
+        return True  # Sylk's default
+    return bool(value)
