@@ -90,8 +90,7 @@ class Dispatcher:
         """Record the outcome of a push that never reached :meth:`dispatch`
         (expired in a queue, duplicate...)."""
         self.received += 1
-        code = 504 if kind is OutcomeKind.EXPIRED else 503
-        return self._finish(push, app, None, Outcome(kind, code, reason))
+        return self._finish(push, app, None, Outcome(kind, _DROP_CODES.get(kind, 503), reason))
 
     async def _send_until_done(
         self, push: Push, app: AppConfig, notification: Notification
@@ -141,6 +140,8 @@ class Dispatcher:
                 logger.exception("outcome listener %r failed", listener)
         return outcome
 
+
+_DROP_CODES = {OutcomeKind.EXPIRED: 504, OutcomeKind.REJECTED: 400}
 
 _VERDICT_TO_KIND = {
     Verdict.DELIVERED: OutcomeKind.DELIVERED,

@@ -92,6 +92,7 @@ class Runtime:
         self.dispatcher = Dispatcher(services, listeners=listeners)
         self._nursery = nursery
         self.started_at = time.time()
+        self.proxy_ingress: Any = None  # set once the ZeroMQ socket is bound
 
     async def dispatch(self, push: Push, app: AppConfig, app_type: AppType) -> Outcome:
         return await self.dispatcher.dispatch(push, app, app_type)
@@ -267,3 +268,21 @@ def run_daemon(config_dir: str | None, *, ip: str | None, port: int | None, debu
     except KeyboardInterrupt:
         pass
     return 0
+
+
+async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status) -> None:
+    """The ZeroMQ PULL socket of the proxy scripts, feeding the same dispatcher."""
+    from functools import partial
+
+    from .ingress.proxy import ProxyIngress
+    from .ingress.zmq import serve_zmq
+
+    endpoint = settings.zmq_endpoint or f"ipc://{settings.run_dir}/push.sock"
+    async with trio.open_nursery() as nursery:
+        proxy = ProxyIngress(runtime, nursery)
+        runtime.proxy_ingress = proxy
+        bound = await nursery.start(partial(
+            serve_zmq, endpoint, proxy.handle, counters=proxy.counters, on_discard=proxy.discard,
+            ipc_dir_mode=0o750, ipc_socket_mode=0o660,
+        ))
+        task_status.started(bound)

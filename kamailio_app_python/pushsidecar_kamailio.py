@@ -1,0 +1,260 @@
+"""Kamailio app_python3 script: wake sleeping phones through the push sidecar.
+
+Loaded by ``modparam("app_python3", "load", ".../pushsidecar_kamailio.py")``
+and called from the native routing script with ``python_exec`` (see the
+example ``kamailio.cfg`` next to this file):
+
+``python_exec("register_check")``
+    On REGISTER, before ``save("location")``: checks the push parameters of
+    the Contact (RFC 8599 ``pn-provider``/``pn-prid``/``pn-param``, or the
+    legacy ``pn-type``/``pn-tok``/``app-id``/``pn-silent``).  Malformed ones are
+    logged with ``KSR.err`` and ``$var(pn_code)``/``$var(pn_reason)`` are set
+    (400, or 555 for an unsupported provider as RFC 8599 asks) for the
+    config to reject the REGISTER; ``$var(pn_code)`` is 0 when all is well.
+``python_exec("invite_prepare")``
+    On INVITE, after ``reg_fetch_contacts("location", "$ru", "callee")``:
+    returns 1 when the callee's contact asks for pushes (the push is built
+    and kept for ``invite_send``), -1 when it does not (relay as usual).
+``python_exec("invite_send")``
+    After the INVITE is held (``t_suspend``): sends the push prepared above.
+``python_exec("cancel_push", "$sht(pushcall=>$ci)")``
+    On CANCEL of a held call: sends a ``cancel`` push to the contact given.
+
+Every method returns an int and catches everything: a Python error left
+pending in a worker breaks its next ``python_exec``.
+
+Only the standard library, ``zmq`` and ``msgpack`` are imported (Kamailio
+embeds Debian's Python).  The message format comes from the sidecar's own
+``sidecar/wire.py``, found in this order:
+
+1. ``$PUSHSIDECAR_WIRE`` (the file, or the folder holding it);
+2. ``pushsidecar_wire.py`` next to this script (a symlink to wire.py);
+3. ``../sidecar/wire.py`` relative to this script (a source checkout);
+4. ``import sidecar.wire`` (the package installed for Debian's python3).
+
+The sidecar endpoint is the config's ``PUSHSIDECAR_ENDPOINT`` define (read
+through ``$def``), else ``$PUSHSIDECAR_ENDPOINT``, else
+``ipc:///run/pushsidecar/push.sock``; ``PUSHSIDECAR_SNDHWM`` likewise.
+"""
+
+import importlib.util
+import os
+import sys
+from urllib.parse import unquote
+
+import KSR  # provided by app_python3
+
+
+def _load_wire():
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = []
+    given = os.environ.get("PUSHSIDECAR_WIRE")
+    if given:
+        candidates.append(given if given.endswith(".py") else os.path.join(given, "wire.py"))
+    candidates.append(os.path.join(here, "pushsidecar_wire.py"))
+    candidates.append(os.path.join(here, os.pardir, "sidecar", "wire.py"))
+    for path in candidates:
+        if os.path.isfile(path):
+            spec = importlib.util.spec_from_file_location("pushsidecar_wire", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["pushsidecar_wire"] = module
+            spec.loader.exec_module(module)
+            return module
+    from sidecar import wire  # installed package
+
+    return wire
+
+
+wire = _load_wire()
+
+_LEGACY_PLATFORMS = {"apple": "apple", "ios": "apple", "apns": "apple",
+                     "firebase": "firebase", "google": "firebase", "android": "firebase",
+                     "fcm": "firebase"}  # fmt: skip
+
+
+def uri_params(uri):
+    """``{name: value}`` of the parameters of a SIP URI (``<...>`` optional).
+
+    Names are lower-cased, values percent-decoded; a parameter without ``=``
+    has the value ``""``.
+    """
+    start = uri.find("<")
+    if start >= 0:
+        end = uri.find(">", start)
+        uri = uri[start + 1 : end if end > 0 else len(uri)]
+    head, _, _ = uri.partition("?")  # drop URI headers
+    parts = head.split(";")
+    params = {}
+    for part in parts[1:]:
+        name, _, value = part.partition("=")
+        if name:
+            params[name.strip().lower()] = unquote(value.strip())
+    return params
+
+
+def push_target(params):
+    """Push addressing from contact parameters.
+
+    Returns:
+        None when the contact does not ask for pushes, else a dict of
+        ``encode_direct`` keyword arguments (pn_* or app_id/platform/token).
+
+    Raises:
+        wire.WireError: the parameters are there but malformed.
+    """
+    provider = params.get("pn-provider")
+    if provider is not None:
+        prid = params.get("pn-prid", "")
+        param = params.get("pn-param")
+        wire.resolve_pn(provider, prid, param, "incoming_session")  # validates
+        return {"pn_provider": provider, "pn_prid": prid, "pn_param": param}
+    ptype = params.get("pn-type")
+    if ptype is None:
+        if "pn-prid" in params or "pn-tok" in params:
+            raise wire.WireError("pn-prid/pn-tok given without pn-provider/pn-type")
+        return None
+    platform = _LEGACY_PLATFORMS.get(ptype.lower())
+    if platform is None:
+        raise wire.WireError("pn-type %r is not supported" % ptype)
+    token = params.get("pn-tok")
+    app_id = params.get("app-id")
+    if not token:
+        raise wire.WireError("pn-type %s needs a pn-tok" % ptype)
+    if not app_id:
+        raise wire.WireError("pn-type %s needs an app-id" % ptype)
+    target = {"app_id": app_id, "platform": platform, "token": token}
+    silent = params.get("pn-silent")
+    if silent is not None:
+        target["silent"] = silent not in ("0", "false", "no")
+    return target
+
+
+def media_type(body):
+    """The Sylk media type of an SDP offer: video, chat, file-transfer or audio."""
+    if not body:
+        return "audio"
+    kinds = set()
+    for line in body.splitlines():
+        if line.startswith("m="):
+            kinds.add(line[2:].split(" ", 1)[0].lower())
+    if "video" in kinds:
+        return "video"
+    if "message" in kinds:  # MSRP
+        return "file-transfer" if "a=file-selector" in body else "chat"
+    return "audio"
+
+
+def _display_name(value):
+    if not value:
+        return None
+    value = value.strip().strip('"').strip()
+    return value or None
+
+
+def _pv(name):
+    value = KSR.pv.get(name)
+    return value if isinstance(value, str) else None
+
+
+class PushSidecar:
+    """The handler object app_python3 calls; one copy per Kamailio process."""
+
+    def __init__(self):
+        self.sender = None  # made on first use, in the worker (never in mod_init)
+        self.frame = None
+
+    def child_init(self, rank):
+        return 0
+
+    def _send(self, frame):
+        if self.sender is None:
+            endpoint = _pv("$def(PUSHSIDECAR_ENDPOINT)") or None
+            hwm = _pv("$def(PUSHSIDECAR_SNDHWM)")
+            self.sender = wire.Sender(
+                endpoint, sndhwm=int(hwm) if hwm and hwm.isdigit() else None,
+                log=lambda text: KSR.warn(text + "\n"),
+            )
+        return self.sender.send(frame)
+
+    # -- REGISTER ----------------------------------------------------------
+
+    def register_check(self, msg, arg=None):
+        try:
+            KSR.pv.seti("$var(pn_code)", 0)
+            contact = _pv("$hdr(Contact)")
+            if not contact or contact.strip() == "*":
+                return 1
+            try:
+                push_target(uri_params(contact))
+            except wire.WireError as exc:
+                code = 555 if "not supported" in str(exc) else 400
+                reason = "Push Notification Service Not Supported" if code == 555 else "Bad push parameters"
+                KSR.err("pushsidecar: REGISTER of %s rejected (%d): bad push parameters in Contact %s: %s\n"
+                        % (_pv("$tu"), code, contact, exc))
+                KSR.pv.seti("$var(pn_code)", code)
+                KSR.pv.sets("$var(pn_reason)", reason)
+                return -1
+            return 1
+        except Exception as exc:
+            KSR.err("pushsidecar: register_check failed: %r\n" % (exc,))
+            return 1
+
+    # -- INVITE ------------------------------------------------------------
+
+    def invite_prepare(self, msg, arg=None):
+        self.frame = None
+        try:
+            contact = _pv("$ulc(callee=>addr)")
+            if not contact:
+                return -1
+            try:
+                target = push_target(uri_params(contact))
+            except wire.WireError as exc:
+                KSR.err("pushsidecar: no push for call %s: contact %s has bad push parameters: %s\n"
+                        % (_pv("$ci"), contact, exc))
+                return -1
+            if target is None:
+                return -1
+            self.frame = wire.encode_direct(
+                "incoming_session", _pv("$ci"), _pv("$fu"), _pv("$tu"),
+                display_name=_display_name(_pv("$fn")), media_type=media_type(_pv("$rb")),
+                **target,
+            )
+            return 1
+        except Exception as exc:
+            KSR.err("pushsidecar: invite_prepare failed: %r\n" % (exc,))
+            return -1
+
+    def invite_send(self, msg, arg=None):
+        try:
+            frame, self.frame = self.frame, None
+            if frame is None:
+                KSR.err("pushsidecar: invite_send without invite_prepare\n")
+                return -1
+            return 1 if self._send(frame) else -1
+        except Exception as exc:
+            KSR.err("pushsidecar: invite_send failed: %r\n" % (exc,))
+            return -1
+
+    # -- CANCEL ------------------------------------------------------------
+
+    def cancel_push(self, msg, contact=None):
+        try:
+            if not contact:
+                return -1
+            target = push_target(uri_params(contact))
+            if target is None:
+                return -1
+            reason = _pv("$hdr(Reason)")
+            frame = wire.encode_direct(
+                "cancel", _pv("$ci"), _pv("$fu"), _pv("$tu"),
+                reason=reason or "cancelled", **target,
+            )
+            return 1 if self._send(frame) else -1
+        except Exception as exc:
+            KSR.err("pushsidecar: cancel_push failed: %r\n" % (exc,))
+            return -1
+
+
+def mod_init():
+    return PushSidecar()

@@ -1,0 +1,269 @@
+"""The ZeroMQ ingress: a PULL socket that receives pushes from the SIP proxies.
+
+Theory of operation.  The proxies' workers PUSH one msgpack frame per push
+(see :mod:`sidecar.wire`); here one trio task owns a PULL socket bound to the
+endpoint and turns each frame into exactly one of these ends, each counted in
+:class:`ZmqIngressCounters` so that ``frames == accepted + bad + expired +
+duplicates + handler_errors`` always holds:
+
+* ``bad``: the frame does not decode (logged, rate-limited; never fatal);
+* ``expired``: ``sent-at + ttl`` has passed (the proxy queued it while we were
+  down, and a call push that late only rings a phone for a call that is over);
+* ``duplicates``: the same (call-id, event, token or account) was already
+  accepted within its ttl;
+* ``accepted``: handed to ``handler(msg)``, a plain function that must not
+  block (the service starts a task per push in a bounded nursery);
+* ``handler_errors``: the handler raised (a bug; logged).
+
+Expired messages and duplicates are also given to the optional
+``on_discard(msg, reason)`` callback, so the service can log or count them as
+``expired``/``dropped`` outcomes of their call-id.
+
+ZeroMQ under trio: the socket's ``zmq.FD`` is edge-triggered and signals
+"something changed", not "a message is waiting".  So after each wake-up we
+drain with ``recv(NOBLOCK)`` until ``zmq.Again``, look at ``zmq.EVENTS`` once
+before parking again (the edge may have fired while we were draining), let a
+single task wait on the fd, yield every ``_FAIRNESS_BATCH`` messages so a flood
+cannot starve the rest of the process, and call ``notify_closing`` before
+closing the socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import os
+import time
+from typing import Any, Callable, Hashable
+
+import trio
+import zmq
+
+from sidecar.model import DEFAULT_TTL
+from sidecar.wire import RateLimitedLog, WireError, WireMessage, decode
+
+log = logging.getLogger(__name__)
+
+_FAIRNESS_BATCH = 1000
+_TTL_BY_EVENT = {event.value: ttl for event, ttl in DEFAULT_TTL.items()}
+
+Handler = Callable[[WireMessage], Any]
+DiscardCallback = Callable[[WireMessage, str], Any]
+
+
+@dataclasses.dataclass(slots=True)
+class ZmqIngressCounters:
+    """What happened to every frame received (monotonic counters)."""
+
+    frames: int = 0
+    accepted: int = 0
+    bad: int = 0
+    expired: int = 0
+    duplicates: int = 0
+    handler_errors: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def message_ttl(msg: WireMessage) -> int:
+    """The useful life of a message in seconds (its own, or the event's default)."""
+    return msg.ttl if msg.ttl is not None else _TTL_BY_EVENT.get(msg.event, 45)
+
+
+def remaining_ttl(msg: WireMessage, wall_now: float) -> float:
+    """Seconds of useful life left at ``wall_now`` (never more than its ttl:
+    a proxy clock ahead of ours must not lengthen it)."""
+    ttl = message_ttl(msg)
+    return max(0.0, min(float(ttl), msg.sent_at + ttl - wall_now))
+
+
+class RecentKeys:
+    """Keys seen recently, each until its own expiry time; at most ``max_size``.
+
+    When full, the entries closest to expiry are forgotten first.
+    """
+
+    def __init__(self, max_size: int = 100_000) -> None:
+        self.max_size = max_size
+        self._expiry: dict[Hashable, float] = {}
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._seq = 0  # ties in the heap never compare keys
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def _forget(self) -> None:
+        expiry, _, key = heapq.heappop(self._heap)
+        if self._expiry.get(key) == expiry:
+            del self._expiry[key]
+
+    def seen(self, key: Hashable, now: float, expires: float) -> bool:
+        """True if ``key`` is still remembered; otherwise remember it until ``expires``."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            self._forget()
+        known = self._expiry.get(key)
+        if known is not None and known > now:
+            return True
+        while len(self._expiry) >= self.max_size and heap:
+            self._forget()
+        self._expiry[key] = expires
+        self._seq += 1
+        heapq.heappush(heap, (expires, self._seq, key))
+        return False
+
+
+def _prepare_ipc_path(endpoint: str, dir_mode: int) -> str | None:
+    """Create the folder of an ``ipc://`` endpoint; return the socket path."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://"):]
+    if path.startswith("@"):  # Linux abstract namespace: no file
+        return None
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        os.makedirs(folder, mode=dir_mode, exist_ok=True)
+        os.chmod(folder, dir_mode)  # makedirs honours the umask
+    return path
+
+
+class _Reader:
+    """Frame -> one counted end.  Kept apart from the socket loop for clarity."""
+
+    def __init__(self, handler: Handler, counters: ZmqIngressCounters,
+                 on_discard: DiscardCallback | None, wall_clock: Callable[[], float],
+                 recent: RecentKeys) -> None:  # fmt: skip
+        self.handler = handler
+        self.counters = counters
+        self.on_discard = on_discard
+        self.wall_clock = wall_clock
+        self.recent = recent
+        self.warn_bad = RateLimitedLog(log.warning)
+        self.warn_expired = RateLimitedLog(log.info)
+        self.warn_handler = RateLimitedLog(log.error)
+
+    def _discard(self, msg: WireMessage, reason: str) -> None:
+        if self.on_discard is not None:
+            try:
+                self.on_discard(msg, reason)
+            except Exception:
+                log.exception("zmq ingress: on_discard callback failed")
+
+    def frame(self, frame: bytes) -> None:
+        counters = self.counters
+        counters.frames += 1
+        try:
+            msg = decode(frame)
+        except WireError as exc:
+            counters.bad += 1
+            self.warn_bad(f"zmq ingress: bad frame ignored ({counters.bad} so far): {exc}")
+            return
+        now = self.wall_clock()
+        ttl = msg.ttl if msg.ttl is not None else _TTL_BY_EVENT.get(msg.event, 45)
+        expires = msg.sent_at + ttl
+        if expires <= now:
+            counters.expired += 1
+            self.warn_expired(
+                f"zmq ingress: {msg.event} push for call-id {msg.call_id} expired "
+                f"({now - msg.sent_at:.1f} s old, ttl {ttl} s)"
+            )
+            self._discard(msg, "expired")
+            return
+        key = (msg.call_id, msg.event, msg.target)
+        if self.recent.seen(key, now, min(expires, now + ttl)):
+            counters.duplicates += 1
+            log.debug("zmq ingress: duplicate %s push for call-id %s dropped", msg.event, msg.call_id)
+            self._discard(msg, "duplicate")
+            return
+        try:
+            self.handler(msg)
+        except Exception as exc:
+            counters.handler_errors += 1
+            self.warn_handler(f"zmq ingress: handler failed for call-id {msg.call_id}: {exc!r}")
+            return
+        counters.accepted += 1
+
+
+async def serve_zmq(
+    endpoint: str,
+    handler: Handler,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    counters: ZmqIngressCounters | None = None,
+    on_discard: DiscardCallback | None = None,
+    wall_clock: Callable[[], float] = time.time,
+    dedup_max: int = 100_000,
+    rcvhwm: int = 100_000,
+    ipc_dir_mode: int = 0o700,
+    ipc_socket_mode: int = 0o600,
+    context: zmq.Context[Any] | None = None,
+) -> None:
+    """Receive pushes on a PULL socket bound to ``endpoint`` until cancelled.
+
+    Use ``await nursery.start(serve_zmq, endpoint, handler)``: it returns the
+    bound endpoint (with the real port for ``tcp://host:*``) once the socket
+    is ready.  For ``ipc://`` the folder is created with ``ipc_dir_mode`` if
+    missing and the socket file gets ``ipc_socket_mode``; widen them (e.g.
+    0o750/0o660 with a group shared with the proxy) when the proxy runs as
+    another user.
+
+    Args:
+        endpoint: ``ipc:///run/pushsidecar/push.sock``, ``tcp://127.0.0.1:5600``...
+        handler: called as ``handler(msg)`` for each valid, fresh, new message;
+            must not block or await anything (hand the message to a task).
+        counters: updated in place; pass one to read the figures.
+        on_discard: optional ``on_discard(msg, "expired" | "duplicate")``.
+        wall_clock: UNIX time source (compared with the proxy's ``sent-at``).
+        dedup_max: most (call-id, event, target) keys remembered.
+        rcvhwm: frames ZeroMQ may queue before the senders start dropping.
+        context: a ZeroMQ context (default: a private one, closed at the end).
+    """
+    counters = counters if counters is not None else ZmqIngressCounters()
+    reader = _Reader(handler, counters, on_discard, wall_clock, RecentKeys(dedup_max))
+    own_context = context is None
+    ctx = zmq.Context() if context is None else context
+    sock = ctx.socket(zmq.PULL)
+    fd = None
+    try:
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        ipc_path = _prepare_ipc_path(endpoint, ipc_dir_mode)
+        sock.bind(endpoint)
+        if ipc_path is not None:
+            os.chmod(ipc_path, ipc_socket_mode)
+        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        fd = sock.getsockopt(zmq.FD)
+        log.info("zmq ingress: listening on %s", bound)
+        task_status.started(bound)
+        await _read_loop(sock, fd, reader.frame)
+    finally:
+        if fd is not None:
+            trio.lowlevel.notify_closing(fd)
+        sock.close(linger=0)
+        if own_context:
+            ctx.term()
+
+
+async def _read_loop(sock: zmq.Socket[Any], fd: int, on_frame: Callable[[bytes], None]) -> None:
+    recv = sock.recv
+    noblock = zmq.NOBLOCK
+    again = zmq.Again
+    while True:
+        batch = 0
+        while True:  # drain: the fd only fires on edges
+            try:
+                frame = recv(noblock)
+            except again:
+                break
+            on_frame(frame)
+            batch += 1
+            if batch >= _FAIRNESS_BATCH:
+                batch = 0
+                await trio.lowlevel.checkpoint()
+        # An edge may have come and gone while we drained: ask once more.
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            await trio.lowlevel.checkpoint()
+            continue
+        await trio.lowlevel.wait_readable(fd)

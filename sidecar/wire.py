@@ -1,0 +1,619 @@
+"""The ZeroMQ message format between the SIP proxies and the sidecar.
+
+One ZeroMQ frame carries one msgpack map.  Keys are short because every byte
+is paid for inside a SIP worker; values are plain msgpack types.  This module
+is shared by both ends: the sidecar imports it as ``sidecar.wire``, and the
+proxy scripts (Kamailio app_python3, OpenSIPS python) load the very same file
+in the proxy's embedded Debian Python.  That is why it imports only the
+standard library and ``msgpack``; ``zmq`` is imported lazily, and only by the
+:class:`Sender` that runs in the proxy.
+
+Format, version ``v`` = 1 (R = required, O = optional; nil counts as absent
+for optional keys):
+
+======  ===============================  =======  ==============================
+key     meaning                          type     notes
+======  ===============================  =======  ==============================
+``v``   format version                   int      R, must be 1
+``e``   event                            str      R, incoming_session,
+                                                  incoming_conference_request,
+                                                  cancel, message, transfer
+``ci``  SIP Call-ID                      str      R
+``f``   caller (From URI)                str      R
+``t``   callee (To URI)                  str      R
+``ts``  sent at, UNIX seconds            number   R, the proxy's wall clock
+``ttl`` useful life after ``ts``, s      int      O, default per event (45 s
+                                                  for calls and cancel)
+``dn``  caller display name              str      O
+``mt``  media type                       str      O, audio, video, image,
+                                                  chat, sms, file-transfer
+``r``   reason (cancel)                  str      O
+``sl``  silent                           bool     O, default true
+``di``  device id (logging)              str      O
+------  -------------------------------  -------  ------------------------------
+**direct push, Sylk style** (to one device)
+``ai``  app-id                           str      R
+``pl``  platform                         str      R, apple/firebase (aliases ok)
+``tk``  device token                     str      R
+------  -------------------------------  -------  ------------------------------
+**direct push, RFC 8599 style** (contact parameters copied verbatim)
+``pp``  pn-provider                      str      R, apns, apns.dev or fcm
+``pr``  pn-prid                          str      R, token, or multi-token
+                                                  ``tokA:remote&tokB:voip``
+``pa``  pn-param                         str      R, apns:
+                                                  ``<TeamID>.<BundleID>[.voip]``;
+                                                  fcm: the project/sender id
+------  -------------------------------  -------  ------------------------------
+**account push** (every device stored for the account)
+``a``   account ``user@domain``          str      R
+======  ===============================  =======  ==============================
+
+A message holds exactly one of the three addressing groups; any other key is
+an error (a typo on the proxy side must be loud, not silently ignored).
+
+RFC 8599 mapping (done by :func:`resolve_pn`, at decode time):
+
+* ``pn-provider`` ``apns`` and ``apns.dev`` give platform ``apple`` (the
+  sandbox/production choice belongs to the application's ``apple_push_url``),
+  ``fcm`` gives ``firebase``; anything else (``webpush``) is refused.
+* apns ``pn-param`` ``<TeamID>.<BundleID>[.<services>]`` gives app-id
+  ``<BundleID>``: the team id is cut off, and so is a trailing service label
+  (``voip``, ``remote``, or the multi form ``remote&voip``).
+* fcm ``pn-param`` is used as the app-id unchanged.
+* A multi-token ``pn-prid`` (``tokA:remote&tokB:voip``, Linphone/Flexisip)
+  gives the ``voip`` token for call events (incoming_session,
+  incoming_conference_request) and the ``remote`` token for the others
+  (cancel, message, transfer); when the preferred kind is missing the other
+  one is used.  A part whose text after the last ``:`` is not a known service
+  is a plain token (FCM tokens contain ``:``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, NamedTuple
+
+import msgpack
+
+VERSION = 1
+
+#: Largest frame accepted by :func:`decode` (a push is a few hundred bytes).
+MAX_FRAME = 64 * 1024
+
+# The event and media-type names are repeated here (not imported from
+# sidecar.model) because the proxies load this file on its own; a unit test
+# checks that both lists agree.
+EVENTS = frozenset(
+    {"incoming_session", "incoming_conference_request", "cancel", "message", "transfer"}
+)
+CALL_EVENTS = frozenset({"incoming_session", "incoming_conference_request"})
+MEDIA_TYPES = frozenset({"audio", "video", "image", "chat", "sms", "file-transfer"})
+
+#: pn-provider -> platform.
+PN_PROVIDERS = {"apns": "apple", "apns.dev": "apple", "fcm": "firebase"}
+_PN_SERVICES = frozenset({"voip", "remote"})
+
+_COMMON_REQUIRED = ("e", "ci", "f", "t", "ts")
+_OPTIONAL_STR = ("dn", "mt", "r", "di")
+_SYLK_KEYS = ("ai", "pl", "tk")
+_PN_KEYS = ("pp", "pr", "pa")
+_ACCOUNT_KEYS = ("a",)
+_KNOWN_KEYS = frozenset(
+    ("v", "ttl", "sl") + _COMMON_REQUIRED + _OPTIONAL_STR + _SYLK_KEYS + _PN_KEYS + _ACCOUNT_KEYS
+)
+_KEY_NAMES = {
+    "v": "version", "e": "event", "ci": "call-id", "f": "from", "t": "to",
+    "ts": "sent-at", "ttl": "ttl", "dn": "display name", "mt": "media type",
+    "r": "reason", "sl": "silent", "di": "device id", "ai": "app-id",
+    "pl": "platform", "tk": "token", "pp": "pn-provider", "pr": "pn-prid",
+    "pa": "pn-param", "a": "account",
+}  # fmt: skip
+_MAX_TTL = 30 * 24 * 3600
+
+
+class WireError(ValueError):
+    """A frame that is not a valid message; the text says what is wrong."""
+
+
+class WireMessage(NamedTuple):
+    """One decoded message (immutable).
+
+    For a direct push, ``app_id``, ``platform`` and ``token`` are always set
+    (resolved from the RFC 8599 parameters when the proxy sent those, which
+    are kept in ``pn_*`` for logging).  For an account push ``account`` is
+    set and those three are None.
+    """
+
+    event: str
+    call_id: str
+    from_uri: str
+    to_uri: str
+    sent_at: float
+    ttl: int | None = None
+    display_name: str | None = None
+    media_type: str | None = None
+    reason: str | None = None
+    silent: bool | None = None
+    device_id: str | None = None
+    app_id: str | None = None
+    platform: str | None = None
+    token: str | None = None
+    pn_provider: str | None = None
+    pn_prid: str | None = None
+    pn_param: str | None = None
+    account: str | None = None
+
+    def __repr__(self) -> str:
+        # Tokens are not secrets, but they are long: keep log lines readable.
+        shown = {k: v for k, v in self._asdict().items() if v is not None}
+        for name in ("token", "pn_prid"):
+            if name in shown:
+                shown[name] = _short(shown[name])
+        return "WireMessage(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    @property
+    def is_account(self) -> bool:
+        return self.account is not None
+
+    @property
+    def target(self) -> str:
+        """Who receives it: the device token, or the account."""
+        return self.account if self.account is not None else self.token  # type: ignore[return-value]
+
+
+def _short(token: str) -> str:
+    return token if len(token) <= 16 else f"{token[:8]}...{token[-4:]}"
+
+
+# --------------------------------------------------------------------------
+# RFC 8599 parameters
+
+
+def split_prid(prid: str) -> dict[str, str]:
+    """Split a ``pn-prid`` into ``{service: token}``; a plain token is under ``""``.
+
+    Raises:
+        WireError: empty token or the same service twice.
+    """
+    tokens: dict[str, str] = {}
+    for part in prid.split("&"):
+        token, sep, service = part.rpartition(":")
+        if not sep or service not in _PN_SERVICES:
+            token, service = part, ""
+        if not token:
+            raise WireError(f"pn-prid {prid!r}: empty token")
+        if service in tokens:
+            raise WireError(f"pn-prid {prid!r}: more than one {service or 'plain'} token")
+        tokens[service] = token
+    return tokens
+
+
+def choose_token(prid: str, event: str) -> str:
+    """The token of a (possibly multi-token) ``pn-prid`` to use for ``event``."""
+    tokens = split_prid(prid)
+    if len(tokens) == 1:
+        return next(iter(tokens.values()))
+    order = ("voip", "remote", "") if event in CALL_EVENTS else ("remote", "", "voip")
+    for service in order:
+        if service in tokens:
+            return tokens[service]
+    raise WireError(f"pn-prid {prid!r}: no usable token")  # pragma: no cover
+
+
+def apns_app_id(param: str) -> str:
+    """The bundle id inside an APNs ``pn-param`` ``<TeamID>.<BundleID>[.voip]``."""
+    team, dot, bundle = param.partition(".")
+    if not team or not dot or not bundle:
+        raise WireError(f"pn-param {param!r}: expected <TeamID>.<BundleID> for apns")
+    head, dot, last = bundle.rpartition(".")
+    if all(s in _PN_SERVICES for s in last.split("&")):
+        bundle = head  # a trailing service label, or nothing but one
+    if not bundle or bundle.startswith(".") or bundle.endswith("."):
+        raise WireError(f"pn-param {param!r}: empty bundle id")
+    return bundle
+
+
+def resolve_pn(provider: str, prid: str, param: str | None, event: str) -> tuple[str, str, str]:
+    """Map RFC 8599 contact parameters to ``(platform, app_id, token)``.
+
+    Also used by the proxy scripts at REGISTER time to report malformed
+    parameters (pass ``event="incoming_session"``).
+
+    Raises:
+        WireError: unsupported provider, missing or malformed parameter.
+    """
+    platform = PN_PROVIDERS.get(provider.lower())
+    if platform is None:
+        raise WireError(
+            f"pn-provider {provider!r} is not supported (use one of {', '.join(PN_PROVIDERS)})"
+        )
+    if not prid:
+        raise WireError("pn-prid is empty")
+    if not param:
+        raise WireError(f"pn-param is required with pn-provider {provider}")
+    token = choose_token(prid, event)
+    app_id = apns_app_id(param) if platform == "apple" else param
+    return platform, app_id, token
+
+
+# --------------------------------------------------------------------------
+# Encoding (proxy side: keep it cheap)
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+_unpackb = msgpack.unpackb
+
+
+def _common(
+    event: str, call_id: str, from_uri: str, to_uri: str, sent_at: float | None,
+    ttl: int | None, display_name: str | None, media_type: str | None,
+    reason: str | None, silent: bool | None, device_id: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    m: dict[str, Any] = {
+        "v": VERSION, "e": event, "ci": call_id, "f": from_uri, "t": to_uri,
+        "ts": time.time() if sent_at is None else sent_at,
+    }  # fmt: skip
+    if ttl is not None:
+        m["ttl"] = ttl
+    if display_name:
+        m["dn"] = display_name
+    if media_type:
+        m["mt"] = media_type
+    if reason:
+        m["r"] = reason
+    if silent is not None:
+        m["sl"] = silent
+    if device_id:
+        m["di"] = device_id
+    return m
+
+
+def encode_direct(
+    event: str,
+    call_id: str,
+    from_uri: str,
+    to_uri: str,
+    *,
+    app_id: str | None = None,
+    platform: str | None = None,
+    token: str | None = None,
+    pn_provider: str | None = None,
+    pn_prid: str | None = None,
+    pn_param: str | None = None,
+    display_name: str | None = None,
+    media_type: str | None = None,
+    reason: str | None = None,
+    silent: bool | None = None,
+    device_id: str | None = None,
+    sent_at: float | None = None,
+    ttl: int | None = None,
+) -> bytes:
+    """Encode a push to one device, Sylk style (app-id, platform, token) or
+    RFC 8599 style (pn-provider, pn-prid, pn-param).
+
+    Raises:
+        WireError: neither (or both) addressing styles given.
+    """
+    m = _common(event, call_id, from_uri, to_uri, sent_at, ttl, display_name,
+                media_type, reason, silent, device_id)  # fmt: skip
+    if pn_provider is not None:
+        if app_id is not None or platform is not None or token is not None:
+            raise WireError("give either pn-provider/pn-prid/pn-param or app-id/platform/token")
+        m["pp"] = pn_provider
+        m["pr"] = pn_prid
+        m["pa"] = pn_param
+    else:
+        if app_id is None or platform is None or token is None:
+            raise WireError("a direct push needs app-id, platform and token (or pn-* params)")
+        m["ai"] = app_id
+        m["pl"] = platform
+        m["tk"] = token
+    return _pack(m)
+
+
+def encode_account(
+    event: str,
+    call_id: str,
+    from_uri: str,
+    to_uri: str,
+    *,
+    account: str,
+    display_name: str | None = None,
+    media_type: str | None = None,
+    reason: str | None = None,
+    silent: bool | None = None,
+    sent_at: float | None = None,
+    ttl: int | None = None,
+) -> bytes:
+    """Encode a push to every device stored for ``account`` (``user@domain``)."""
+    m = _common(event, call_id, from_uri, to_uri, sent_at, ttl, display_name,
+                media_type, reason, silent, None)  # fmt: skip
+    m["a"] = account
+    return _pack(m)
+
+
+# --------------------------------------------------------------------------
+# Decoding (sidecar side: strict)
+
+
+def _require_str(m: dict[str, Any], key: str) -> str:
+    value = m.get(key)
+    if value is None:
+        raise WireError(f"missing key {key!r} ({_KEY_NAMES[key]})")
+    if type(value) is not str:
+        raise WireError(f"key {key!r} ({_KEY_NAMES[key]}) must be a string, not {type(value).__name__}")
+    if not value:
+        raise WireError(f"key {key!r} ({_KEY_NAMES[key]}) is empty")
+    return value
+
+
+def _optional_str(m: dict[str, Any], key: str) -> str | None:
+    value = m.get(key)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise WireError(f"key {key!r} ({_KEY_NAMES[key]}) must be a string, not {type(value).__name__}")
+    return value or None
+
+
+def decode(frame: bytes) -> WireMessage:
+    """Decode and check one frame.
+
+    Raises:
+        WireError: the frame is not msgpack, not a map, of an unknown version,
+            or has a missing, unknown, mistyped or malformed key.
+    """
+    if len(frame) > MAX_FRAME:
+        raise WireError(f"frame of {len(frame)} bytes is larger than {MAX_FRAME}")
+    try:
+        m = _unpackb(frame, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise WireError(f"not a msgpack frame: {exc.__class__.__name__}: {exc}") from None
+    if type(m) is not dict:
+        raise WireError(f"frame is a msgpack {type(m).__name__}, not a map")
+    get = m.get
+    version = get("v")
+    if version != VERSION or type(version) is not int:
+        raise WireError(f"unknown version {version!r} (this sidecar speaks v={VERSION})")
+    if not _KNOWN_KEYS.issuperset(m):
+        unknown = sorted(map(str, m.keys() - _KNOWN_KEYS))
+        raise WireError(f"unknown keys: {', '.join(unknown)}")
+
+    event = get("e")
+    if type(event) is not str or event not in EVENTS:
+        _require_str(m, "e")
+        raise WireError(f"unknown event {event!r}")
+    call_id = get("ci")
+    from_uri = get("f")
+    to_uri = get("t")
+    # Fast path: check the common case with one test, explain failures slowly.
+    if not (type(call_id) is str and call_id and type(from_uri) is str and from_uri
+            and type(to_uri) is str and to_uri):  # fmt: skip
+        for key in ("ci", "f", "t"):
+            _require_str(m, key)
+    ts = get("ts")
+    if type(ts) is not float:
+        if ts is None:
+            raise WireError("missing key 'ts' (sent-at)")
+        if type(ts) is not int:
+            raise WireError(f"key 'ts' (sent-at) must be a number, not {type(ts).__name__}")
+        ts = float(ts)
+    ttl = get("ttl")
+    if ttl is not None and (type(ttl) is not int or not 0 < ttl <= _MAX_TTL):
+        raise WireError(f"key 'ttl' must be an integer from 1 to {_MAX_TTL}, not {ttl!r}")
+    silent = get("sl")
+    if silent is not None and type(silent) is not bool:
+        raise WireError(f"key 'sl' (silent) must be a boolean, not {type(silent).__name__}")
+    media_type = get("mt")
+    if media_type is not None and (type(media_type) is not str or media_type not in MEDIA_TYPES):
+        _optional_str(m, "mt")
+        raise WireError(f"unknown media type {media_type!r}")
+    display_name = get("dn")
+    reason = get("r")
+    device_id = get("di")
+    if display_name is not None or reason is not None or device_id is not None:
+        display_name = _optional_str(m, "dn")
+        reason = _optional_str(m, "r")
+        device_id = _optional_str(m, "di")
+
+    has_sylk = "ai" in m or "pl" in m or "tk" in m
+    has_pn = "pp" in m or "pr" in m or "pa" in m
+    has_account = "a" in m
+    if has_sylk + has_pn + has_account != 1:
+        raise WireError(
+            "a message needs exactly one of: ai/pl/tk (app-id, platform, token), "
+            "pp/pr/pa (pn-provider, pn-prid, pn-param), a (account)"
+            + ("; found keys of several" if has_sylk or has_pn or has_account else "; found none")
+        )
+    app_id = platform = token = provider = prid = param = account = None
+    if has_sylk:
+        app_id = _require_str(m, "ai")
+        platform = _require_str(m, "pl")
+        token = _require_str(m, "tk")
+    elif has_pn:
+        provider = _require_str(m, "pp")
+        prid = _require_str(m, "pr")
+        param = _optional_str(m, "pa")
+        platform, app_id, token = resolve_pn(provider, prid, param, event)
+    else:
+        account = _require_str(m, "a")
+        user, at, domain = account.partition("@")
+        if not user or not at or not domain:
+            raise WireError(f"account {account!r} must be user@domain")
+    return WireMessage(
+        event, call_id, from_uri, to_uri, ts, ttl, display_name, media_type, reason,
+        silent, device_id, app_id, platform, token, provider, prid, param, account,
+    )  # fmt: skip
+
+
+def to_sylk_fields(msg: WireMessage) -> dict[str, Any]:
+    """The message as Sylk v1 hyphenated fields (the input of ``build_push``).
+
+    For an account push the result has no app-id/platform/token (the caller
+    merges in each stored device) and no ``account`` key either: in Sylk,
+    ``account`` means the conference account of incoming_conference_request.
+    """
+    fields: dict[str, Any] = {
+        "event": msg.event,
+        "call-id": msg.call_id,
+        "from": msg.from_uri,
+        "to": msg.to_uri,
+        "silent": True if msg.silent is None else msg.silent,
+    }
+    if not msg.is_account:
+        fields["app-id"] = msg.app_id
+        fields["platform"] = msg.platform
+        fields["token"] = msg.token
+    if msg.display_name is not None:
+        fields["from-display-name"] = msg.display_name
+    if msg.media_type is not None:
+        fields["media-type"] = msg.media_type
+    if msg.reason is not None:
+        fields["reason"] = msg.reason
+    if msg.device_id is not None:
+        fields["device-id"] = msg.device_id
+    return fields
+
+
+# --------------------------------------------------------------------------
+# Sender (runs inside the proxy workers)
+
+DEFAULT_ENDPOINT = "ipc:///run/pushsidecar/push.sock"
+
+
+class RateLimitedLog:
+    """Call ``log(text)`` at most once per ``interval`` seconds; count the rest."""
+
+    def __init__(self, log: Callable[[str], Any] | None, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self._log = log
+        self._interval = interval
+        self._clock = clock
+        self._next = 0.0
+        self.suppressed = 0
+
+    def __call__(self, text: str) -> bool:
+        now = self._clock()
+        if now < self._next:
+            self.suppressed += 1
+            return False
+        self._next = now + self._interval
+        if self.suppressed:
+            text = f"{text} ({self.suppressed} similar messages suppressed)"
+            self.suppressed = 0
+        if self._log is not None:
+            try:
+                self._log(text)
+            except Exception:  # a logging failure must not reach the proxy
+                pass
+        return True
+
+
+class Sender:
+    """A non-blocking ZeroMQ PUSH sender for one proxy process.
+
+    The socket is created on first use in each process (keyed by the pid):
+    the proxies load the script in the main process and then fork the
+    workers, and a ZeroMQ socket made before the fork silently delivers
+    nothing.  :meth:`send` never blocks and never raises: when the queue is
+    full (sidecar down or slow) the message is dropped and counted, with a
+    log line at most every ``log_interval`` seconds.
+
+    Args:
+        endpoint: where the sidecar's PULL socket is bound; default
+            ``$PUSHSIDECAR_ENDPOINT`` or ``ipc:///run/pushsidecar/push.sock``.
+        sndhwm: messages queued per process before dropping; default
+            ``$PUSHSIDECAR_SNDHWM`` or 10000.
+        log: a callable taking one line of text (KSR.warn, LM_ERR...).
+        getpid: injectable for tests.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        sndhwm: int | None = None,
+        log: Callable[[str], Any] | None = None,
+        log_interval: float = 10.0,
+        getpid: Callable[[], int] = os.getpid,
+    ) -> None:
+        self.endpoint = endpoint or os.environ.get("PUSHSIDECAR_ENDPOINT") or DEFAULT_ENDPOINT
+        if sndhwm is None:
+            try:
+                sndhwm = int(os.environ.get("PUSHSIDECAR_SNDHWM", "10000"))
+            except ValueError:
+                sndhwm = 10000
+        self.sndhwm = sndhwm
+        self._getpid = getpid
+        self._pid = -1
+        self._socket: Any = None
+        self._context: Any = None
+        self._again: type[BaseException] = _NeverRaised
+        self._noblock = 0
+        # Objects inherited from the parent process: kept, never closed (closing
+        # a forked copy of a ZeroMQ context can hang or abort).
+        self._inherited: list[Any] = []
+        self._log = log
+        self._warn = RateLimitedLog(log, log_interval)
+        self.sent = 0
+        self.dropped = 0
+        self.errors = 0
+        self.sockets_created = 0
+
+    def _open(self, pid: int) -> Any:
+        import zmq  # lazily: the sidecar imports this module without needing zmq here
+
+        if self._socket is not None:
+            self._inherited.append((self._context, self._socket))
+            self._socket = self._context = None
+        ctx = zmq.Context(io_threads=1)
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, self.sndhwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        self._again = zmq.Again
+        self._noblock = zmq.NOBLOCK
+        self._context = ctx
+        self._socket = sock
+        self._pid = pid
+        self.sockets_created += 1
+        return sock
+
+    def send(self, frame: bytes) -> bool:
+        """Queue one frame without blocking; False if it was dropped."""
+        try:
+            pid = self._getpid()
+            sock = self._socket if pid == self._pid else self._open(pid)
+            sock.send(frame, self._noblock, copy=True)
+        except self._again:
+            self.dropped += 1
+            self._warn(
+                f"pushsidecar: queue to {self.endpoint} is full, push dropped "
+                f"({self.dropped} dropped so far); is the sidecar running?"
+            )
+            return False
+        except Exception as exc:
+            self.errors += 1
+            self._warn(f"pushsidecar: cannot send to {self.endpoint}: {exc.__class__.__name__}: {exc}")
+            return False
+        self.sent += 1
+        return True
+
+    def stats(self) -> dict[str, int]:
+        return {"sent": self.sent, "dropped": self.dropped, "errors": self.errors}
+
+    def close(self) -> None:
+        """Close this process's socket (tests, proxy shutdown); never raises."""
+        if self._socket is None or self._pid != self._getpid():
+            return
+        try:
+            self._socket.close(linger=0)
+            self._context.term()
+        except Exception:
+            pass
+        self._socket = self._context = None
+        self._pid = -1
+
+
+class _NeverRaised(Exception):
+    """Stands for zmq.Again until zmq is imported."""

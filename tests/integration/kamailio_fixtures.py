@@ -1,0 +1,232 @@
+"""Run a private Kamailio and sipp for the integration tests.
+
+Kamailio runs in the foreground from the example configuration
+(kamailio_app_python/kamailio.cfg) rendered with free ports, a temporary run
+directory and a short wait.  sipp runs the scenarios in tests/integration/sipp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CFG_TEMPLATE = ROOT / "kamailio_app_python" / "kamailio.cfg"
+SCRIPT = ROOT / "kamailio_app_python" / "pushsidecar_kamailio.py"
+SIPP_DIR = Path(__file__).resolve().parent / "sipp"
+REQUIRE_ENV = "PUSHSIDECAR_REQUIRE_KAMAILIO"
+
+
+def _tool(name: str) -> str | None:
+    """``name`` on PATH, or in /usr/sbin (not on a normal user's PATH)."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    return found
+
+
+KAMAILIO = _tool("kamailio") or "kamailio"
+SIPP = _tool("sipp") or "sipp"
+
+
+def require_tools() -> None:
+    """Skip (or, in CI, fail loudly) when Kamailio, its Python module or sipp is missing."""
+    missing = [tool for tool in ("kamailio", "sipp") if _tool(tool) is None]
+    module_dirs = [Path("/usr/lib/x86_64-linux-gnu/kamailio/modules"),
+                   Path("/usr/lib/aarch64-linux-gnu/kamailio/modules"),
+                   Path("/usr/lib/kamailio/modules"), Path("/usr/local/lib64/kamailio/modules")]
+    if not any((d / "app_python3.so").exists() for d in module_dirs):
+        missing.append("kamailio app_python3 module (kamailio-python3-modules)")
+    try:
+        subprocess.run(["/usr/bin/python3", "-c", "import zmq, msgpack"], check=True,
+                       capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        missing.append("python3-zmq/python3-msgpack for /usr/bin/python3")
+    if missing:
+        reason = "missing: " + ", ".join(missing)
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
+        print(f"SKIPPED Kamailio integration tests: {reason}")
+        pytest.skip(reason)
+
+
+def free_udp_port(count: int = 1) -> int:
+    """A UDP port free on 127.0.0.1, with the ``count - 1`` ports after it free too."""
+    for _ in range(200):
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        base = probe.getsockname()[1]
+        socks = [probe]
+        try:
+            for offset in range(1, count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free UDP port range")
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render_config(template: str, values: dict[str, str]) -> str:
+    """Replace the value of each ``#!substdef "!NAME!value!g"`` line named in ``values``."""
+    out = template
+    for name, value in values.items():
+        pattern = re.compile(rf'^#!substdef "!{re.escape(name)}!.*!g"$', re.MULTILINE)
+        if "!" in value:
+            raise ValueError(f"{name}: '!' cannot appear in a substdef value")
+        out, count = pattern.subn(lambda _m: f'#!substdef "!{name}!{value}!g"', out)
+        if count != 1:
+            raise KeyError(f"no #!substdef line for {name} in the template")
+    return out
+
+
+@dataclasses.dataclass
+class Kamailio:
+    port: int
+    endpoint: str
+    run_dir: Path
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_kamailio(tmp: Path, *, endpoint: str, wait_ms: int, children: int = 2,
+                   sndhwm: int = 10000) -> Kamailio:
+    """Render the example config and start Kamailio in the foreground; wait until it answers."""
+    run_dir = tmp / "kamailio-run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = free_udp_port()
+    cfg = render_config(CFG_TEMPLATE.read_text(), {
+        "PS_LISTEN": f"udp:127.0.0.1:{port}",
+        "PS_SCRIPT": str(SCRIPT),
+        "PUSHSIDECAR_ENDPOINT": endpoint,
+        "PUSHSIDECAR_SNDHWM": str(sndhwm),
+        "PS_WAIT_MS": str(wait_ms),
+        "PS_HOLD_SECS": str(wait_ms // 1000 + 10),
+        "PS_CHILDREN": str(children),
+    })
+    cfg_path = run_dir / "kamailio.cfg"
+    cfg_path.write_text(cfg)
+    check = subprocess.run([KAMAILIO, "-c", "-f", str(cfg_path)], capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0, f"kamailio -c failed:\n{check.stdout}\n{check.stderr}"
+    log_path = run_dir / "kamailio.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSIDECAR_")}
+    process = subprocess.Popen(
+        [KAMAILIO, "-f", str(cfg_path), "-DD", "-E", "-Y", str(run_dir),
+         "-P", str(run_dir / "kamailio.pid"), "-m", "64", "-M", "8", "-w", str(run_dir)],
+        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env,
+    )
+    kam = Kamailio(port, endpoint, run_dir, process, log_path)
+    try:
+        _wait_until_answering(kam)
+    except BaseException:
+        kam.stop()
+        raise
+    return kam
+
+
+def _wait_until_answering(kam: Kamailio, timeout: float = 15.0) -> None:
+    """Send OPTIONS until Kamailio answers (it replies 405 to OPTIONS in this config)."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.2)
+        me = s.getsockname()[1]
+        n = 0
+        while time.monotonic() < deadline:
+            if kam.process.poll() is not None:
+                raise AssertionError(f"kamailio exited with {kam.process.returncode}:\n{kam.log()}")
+            n += 1
+            s.sendto((
+                f"OPTIONS sip:ping@127.0.0.1:{kam.port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKping{n}\r\n"
+                f"From: <sip:ping@127.0.0.1>;tag=p{n}\r\nTo: <sip:ping@127.0.0.1>\r\n"
+                f"Call-ID: ping-{n}\r\nCSeq: {n} OPTIONS\r\nMax-Forwards: 70\r\n"
+                "Content-Length: 0\r\n\r\n").encode(), ("127.0.0.1", kam.port))
+            try:
+                if s.recv(4096).startswith(b"SIP/2.0 "):
+                    return
+            except socket.timeout:
+                continue
+    raise AssertionError(f"kamailio did not answer within {timeout} s:\n{kam.log()}")
+
+
+@dataclasses.dataclass
+class SippRun:
+    name: str
+    process: subprocess.Popen
+    log_dir: Path
+    started: float
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+            raise AssertionError(f"sipp {self.name} still running after {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        text = []
+        for path in sorted(self.log_dir.glob("*")):
+            if path.is_file():
+                text.append(f"--- {path.name}\n{path.read_text(errors='replace')[-6000:]}")
+        return "\n".join(text)
+
+    def assert_ok(self, timeout: float = 30.0) -> float:
+        """Wait for sipp to end; assert every call succeeded; return the elapsed seconds."""
+        code = self.wait(timeout)
+        assert code == 0, f"sipp {self.name} exit status {code}:\n{self.output()}"
+        return time.monotonic() - self.started
+
+
+def sipp(tmp: Path, name: str, scenario: str, kam: Kamailio, *, calls: int = 1, rate: float = 10,
+         keys: dict[str, str] | None = None, local_port: int | None = None,
+         timeout_s: int = 20) -> SippRun:
+    """Start sipp on ``scenario`` against ``kam``; ``keys`` become ``-key name value``."""
+    log_dir = tmp / f"sipp-{name}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        SIPP, f"127.0.0.1:{kam.port}", "-sf", str(SIPP_DIR / scenario),
+        "-i", "127.0.0.1", "-p", str(local_port or free_udp_port()),
+        "-mp", str(free_udp_port(4)), "-cp", str(free_udp_port()),
+        "-m", str(calls), "-r", str(rate), "-timeout", f"{timeout_s}s", "-timeout_error",
+        "-nostdin",
+        "-trace_err", "-trace_msg", "-message_file", str(log_dir / "messages.log"),
+        "-error_file", str(log_dir / "errors.log"),
+    ]
+    for key, value in (keys or {}).items():
+        args += ["-key", key, value]
+    out = (log_dir / "stdout.log").open("wb")
+    process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               cwd=log_dir)
+    return SippRun(name, process, log_dir, time.monotonic())
