@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 import trio
 
 from .apps.base import AppType
 from .config import AppConfig
 from .model import Outcome, OutcomeKind, Push, PushValidationError
+from .observe.log import log_attempt, log_outcome, log_received
+from .observe.metrics import Metrics
 from .pns.backoff import backoff_delay
 from .pns.base import Notification, PushService, SendResult, Verdict
 
@@ -54,11 +56,13 @@ class Dispatcher:
         max_in_flight: int = 20000,
         wall_clock: Callable[[], float] = time.time,
         listeners: list[OutcomeListener] | None = None,
+        metrics: Metrics | None = None,
     ):
         self._services = services
         self._max_in_flight = max_in_flight
         self._wall_clock = wall_clock
         self.listeners: list[OutcomeListener] = list(listeners or [])
+        self.metrics = metrics or Metrics()
         self.in_flight = 0
         self.counts: dict[OutcomeKind, int] = {kind: 0 for kind in OutcomeKind}
         self.received = 0
@@ -66,7 +70,9 @@ class Dispatcher:
     async def dispatch(self, push: Push, app: AppConfig, app_type: AppType) -> Outcome:
         """Send ``push`` and return its one outcome.  Never raises (but Cancelled)."""
         self.received += 1
-        log_received(push, app)
+        self.metrics.push_received(push.source)
+        log_received(push)
+        started = trio.current_time()
         notification: Notification | None = None
         if self.in_flight >= self._max_in_flight:
             outcome = Outcome(OutcomeKind.DROPPED, 503, "overloaded: too many pushes in flight")
@@ -84,12 +90,13 @@ class Dispatcher:
             outcome = Outcome(OutcomeKind.FAILED, 500, f"internal error: {type(exc).__name__}")
         finally:
             self.in_flight -= 1
-        return self._finish(push, app, notification, outcome)
+        return self._finish(push, app, notification, outcome, trio.current_time() - started)
 
     def drop(self, push: Push, app: AppConfig | None, reason: str, kind=OutcomeKind.DROPPED) -> Outcome:
         """Record the outcome of a push that never reached :meth:`dispatch`
         (expired in a queue, duplicate...)."""
         self.received += 1
+        self.metrics.push_received(push.source)
         return self._finish(push, app, None, Outcome(kind, _DROP_CODES.get(kind, 503), reason))
 
     async def _send_until_done(
@@ -101,8 +108,13 @@ class Dispatcher:
         with trio.move_on_at(push.deadline):
             while True:
                 attempts += 1
+                sent_at = trio.current_time()
                 last = await service.send(push, notification)
-                log_attempt(push, attempts, last)
+                seconds = trio.current_time() - sent_at
+                self.metrics.attempt(push.platform, last.status, seconds,
+                                     retry=last.verdict is Verdict.RETRY)
+                log_attempt(push, attempts, last.url, last.status, last.reason,
+                            seconds=seconds, verdict=last.verdict.value)
                 if last.verdict is not Verdict.RETRY:
                     return _final_outcome(last, attempts)
                 delay = backoff_delay(attempts, last.retry_after)
@@ -129,9 +141,11 @@ class Dispatcher:
         )
 
     def _finish(
-        self, push: Push, app: AppConfig | None, notification: Notification | None, outcome: Outcome
+        self, push: Push, app: AppConfig | None, notification: Notification | None,
+        outcome: Outcome, seconds: float | None = None,
     ) -> Outcome:
         self.counts[outcome.kind] += 1
+        self.metrics.outcome(push.app_id, push.platform, outcome.kind, seconds)
         log_outcome(push, outcome)
         for listener in self.listeners:
             try:
@@ -155,39 +169,3 @@ def _final_outcome(result: SendResult, attempts: int) -> Outcome:
     # Dead tokens are reported as 410 whatever the service said (Sylk contract).
     code = 410 if kind is OutcomeKind.TOKEN_DEAD else (result.status or 400)
     return Outcome(kind, code, result.reason, url=result.url, attempts=attempts, body=result.body)
-
-
-# -- log lines (one when a push arrives, one per attempt, one per outcome) ---------
-
-
-def log_received(push: Push, app: AppConfig | None) -> None:
-    logger.info(
-        "event=received call_id=%s request_id=%s source=%s app=%s platform=%s device=%s "
-        "push_event=%s",
-        push.call_id, push.request_id, push.source, push.app_id, push.platform,
-        push.device_id or "-", push.event.value,
-    )
-
-
-def log_attempt(push: Push, attempt: int, result: SendResult) -> None:
-    logger.info(
-        "event=attempt call_id=%s request_id=%s attempt=%d status=%d verdict=%s reason=%s",
-        push.call_id, push.request_id, attempt, result.status, result.verdict.value,
-        _quote(result.reason),
-    )
-
-
-def log_outcome(push: Push, outcome: Outcome) -> None:
-    level = logging.INFO if outcome.ok else logging.WARNING
-    logger.log(
-        level,
-        "event=outcome call_id=%s request_id=%s app=%s platform=%s device=%s kind=%s code=%d "
-        "attempts=%d reason=%s",
-        push.call_id, push.request_id, push.app_id, push.platform, push.device_id or "-",
-        outcome.kind.value, outcome.code, outcome.attempts, _quote(outcome.reason),
-    )
-
-
-def _quote(text: Any) -> str:
-    text = str(text)
-    return f'"{text}"' if (" " in text or not text) else text

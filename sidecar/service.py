@@ -23,7 +23,8 @@ from .apps.base import AppType
 from .apps.registry import load_app_types
 from .config import AppConfig, ConfigError, Settings, load_settings
 from .dispatch import Dispatcher
-from .model import Outcome, OutcomeKind, Push
+from .model import Outcome, Push
+from .observe.metrics import Metrics
 from .pns.base import PushService
 from .pns.registry import PushServices, builtin_factories, load_plugin_classes
 from .store.base import TokenStore
@@ -84,12 +85,14 @@ class Runtime:
         nursery: trio.Nursery,
         *,
         listeners: list[Callable[..., None]] | None = None,
+        metrics: Metrics | None = None,
     ):
         self.settings = settings
         self.app_types = app_types
         self.services = services
         self.store = store
-        self.dispatcher = Dispatcher(services, listeners=listeners)
+        self.metrics = metrics or Metrics()
+        self.dispatcher = Dispatcher(services, listeners=listeners, metrics=self.metrics)
         self._nursery = nursery
         self.started_at = time.time()
         self.proxy_ingress: Any = None  # set once the ZeroMQ socket is bound
@@ -127,6 +130,7 @@ async def run_sidecar(
     ip: str | None = None,
     port: int | None = None,
     handle_signals: bool = True,
+    log_handle: Any = None,
     task_status: trio.TaskStatus[SidecarHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the sidecar until stopped (SIGTERM/SIGINT or ``handle.stop()``).
@@ -135,6 +139,7 @@ async def run_sidecar(
     """
     from .ingress.http import create_http_app
     from .observe import systemd
+    from .observe.remote import RemoteLogger
     from .pns.base import PushServiceConfigError
     from .store.factory import open_store
 
@@ -157,14 +162,20 @@ async def run_sidecar(
                     problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
             if problems:
                 raise ConfigError(problems)
-            runtime = Runtime(settings, app_types, services, store, nursery)
+            metrics = Metrics()
+            remote_logger = RemoteLogger(metrics=metrics)
+            await nursery.start(remote_logger.run)
+            runtime = Runtime(settings, app_types, services, store, nursery,
+                              listeners=[remote_logger], metrics=metrics)
+            metrics.set_in_flight_function(lambda: runtime.dispatcher.in_flight)
 
             http_urls = await nursery.start(_serve_http, create_http_app(runtime), settings, stop_requested)
             zmq_endpoint = None
             if settings.zmq_enabled:
                 zmq_endpoint = await nursery.start(_serve_zmq, runtime, settings)
+            nursery.start_soon(_watch_config, runtime, config_dir)
             if handle_signals:
-                nursery.start_soon(_handle_signals, runtime, config_dir, stop_requested)
+                nursery.start_soon(_handle_signals, runtime, config_dir, stop_requested, log_handle)
             nursery.start_soon(systemd.watchdog_loop)
             systemd.notify_ready()
             logger.info(
@@ -215,10 +226,14 @@ async def _serve_http(app: Any, settings: Settings, stop_requested: trio.Event, 
     await serve(app, config, shutdown_trigger=stop_requested.wait, task_status=task_status)
 
 
-async def _handle_signals(runtime: Runtime, config_dir: Path, stop_requested: trio.Event) -> None:
+async def _handle_signals(
+    runtime: Runtime, config_dir: Path, stop_requested: trio.Event, log_handle: Any
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
+                if log_handle is not None:
+                    log_handle.reopen()  # logrotate moved the file
                 reload_config(runtime, config_dir, reason="SIGHUP")
             else:
                 logger.info("received %s", signal.Signals(signum).name)
@@ -227,15 +242,22 @@ async def _handle_signals(runtime: Runtime, config_dir: Path, stop_requested: tr
 
 def reload_config(runtime: Runtime, config_dir: Path, *, reason: str) -> bool:
     """Load the configuration again; keep the old one if the new one is invalid."""
+    from .observe import systemd
+
+    systemd.notify_reloading()
     try:
         settings, app_types, _ = load_all(config_dir)
     except ConfigError as exc:
         logger.error("reload (%s) rejected, keeping the running configuration:\n  %s",
                      reason, "\n  ".join(exc.problems))
+        runtime.metrics.config_reload(False)
+        systemd.notify_ready()
         return False
     current = runtime.settings
     settings = _override(settings, ip=current.host, port=current.port)
     runtime.apply_settings(settings, app_types)
+    runtime.metrics.config_reload(True)
+    systemd.notify_ready()
     logger.info("configuration reloaded (%s): %d application(s)", reason, len(settings.applications))
     return True
 
@@ -254,14 +276,14 @@ def run_daemon(config_dir: str | None, *, ip: str | None, port: int | None, debu
     except ConfigError as exc:
         print("configuration errors:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 2
-    setup_logging(
+    log_handle = setup_logging(
         debug=debug or settings.debug,
         log_to_file=settings.log_to_file,
         log_file=settings.log_file,
         debug_hpack=settings.debug_hpack,
     )
     try:
-        trio.run(lambda: run_sidecar(path, ip=ip, port=port))
+        trio.run(lambda: run_sidecar(path, ip=ip, port=port, log_handle=log_handle))
     except ConfigError as exc:
         print("configuration errors:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 2
@@ -286,3 +308,47 @@ async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status) -> No
             ipc_dir_mode=0o750, ipc_socket_mode=0o660,
         ))
         task_status.started(bound)
+
+
+CONFIG_POLL_SECONDS = 2.0
+
+
+def _file_stamps(paths: set[Path]) -> dict[Path, tuple[float, int] | None]:
+    stamps: dict[Path, tuple[float, int] | None] = {}
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError:
+            stamps[path] = None
+        else:
+            stamps[path] = (info.st_mtime, info.st_size)
+    return stamps
+
+
+def _watched_files(settings: Settings, config_dir: Path) -> set[Path]:
+    from .pns.registry import credential_files
+
+    files = {config_dir / "general.ini", settings.applications_file}
+    for app in settings.applications.values():
+        files |= credential_files(app)
+    return files
+
+
+async def _watch_config(runtime: Runtime, config_dir: Path) -> None:
+    """Poll the config and credential files; reload when one changes.
+
+    Polling (every couple of seconds, a few stat calls) is portable and
+    cheap; inotify would add a dependency for no gain at this scale.
+    """
+    stamps = await trio.to_thread.run_sync(_file_stamps, _watched_files(runtime.settings, config_dir))
+    while True:
+        await trio.sleep(CONFIG_POLL_SECONDS)
+        current = await trio.to_thread.run_sync(_file_stamps, _watched_files(runtime.settings, config_dir))
+        changed = {path for path in current.keys() | stamps.keys() if current.get(path) != stamps.get(path)}
+        if not changed:
+            continue
+        stamps = current
+        if reload_config(runtime, config_dir, reason="changed: " + ", ".join(sorted(p.name for p in changed))):
+            runtime.services.retire_using(changed)
+            stamps = await trio.to_thread.run_sync(
+                _file_stamps, _watched_files(runtime.settings, config_dir))

@@ -121,6 +121,17 @@ class PushServices:
                 del self._services[key]
                 self._retire(service)
 
+    def retire_using(self, paths: set[Path]) -> int:
+        """Retire the services whose credential files changed on disk, so the
+        next push reconnects with the new key or certificate."""
+        retired = 0
+        for key, (app, service) in list(self._services.items()):
+            if credential_files(app) & paths:
+                del self._services[key]
+                self._retire(service)
+                retired += 1
+        return retired
+
     def statistics(self) -> dict[tuple[str, str], dict]:
         return {key: dict(service.statistics()) for key, (_, service) in self._services.items()}
 
@@ -139,3 +150,9 @@ class PushServices:
             with trio.move_on_after(3) as scope:
                 scope.shield = True
                 await service.aclose()
+
+
+def credential_files(app: AppConfig) -> set[Path]:
+    """The files an application's push service reads its credentials from."""
+    candidates = (app.apple_certificate, app.apple_key, app.firebase_authorization_file, app.tls_ca_file)
+    return {path for path in candidates if path is not None}

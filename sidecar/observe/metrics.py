@@ -1,0 +1,217 @@
+"""Prometheus metrics for ``GET /metrics``.
+
+Theory of operation: one :class:`Metrics` object per daemon owns its own
+``CollectorRegistry`` (never the global one, so tests and several daemons
+in one process stay apart) and offers one method per thing worth counting.
+The rest of the code calls those methods and never touches
+prometheus_client.  Methods on the push path look up pre-bound label
+children in a dict (one dict lookup and one lock-free-ish increment),
+instead of calling ``.labels()`` every time.
+
+"Nothing lost" is checkable from outside:
+``sum(pushsidecar_pushes_received_total) == sum(pushsidecar_outcomes_total)``
+once ``pushsidecar_pushes_in_flight`` is 0.
+
+Label values are bounded: ingress names, configured applications, outcome
+kinds, push service names, store operations.  Never label by token,
+call-id or account.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from ..model import Outcome, OutcomeKind, Push
+
+NAMESPACE = "pushsidecar"
+
+# Push services answer in tens of milliseconds; a push may wait up to its
+# deadline (about 45 s) when retried.
+SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+PUSH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class _Children:
+    """Label children of one metric, bound on first use and then cached."""
+
+    __slots__ = ("_metric", "_cache")
+
+    def __init__(self, metric: Any):
+        self._metric = metric
+        self._cache: dict[Hashable, Any] = {}
+
+    def get(self, *labels: str) -> Any:
+        child = self._cache.get(labels)
+        if child is None:
+            child = self._cache[labels] = self._metric.labels(*labels)
+        return child
+
+
+class Metrics:
+    """All of the daemon's metrics, in a private registry.
+
+    Args:
+      registry: where to register (default: a new one).
+      version: reported by ``pushsidecar_info``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, version: str = ""):
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        n = NAMESPACE
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
+            return Counter(name, doc, labels, namespace=n, registry=r)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
+            return Gauge(name, doc, labels, namespace=n, registry=r)
+
+        info = gauge("info", "Constant 1, labelled with the version.", ("version",))
+        info.labels(version or _package_version()).set(1)
+
+        # -- pushes
+        self._received = _Children(counter(
+            "pushes_received", "Pushes received, per ingress (http, v2, zmq...).", ("source",)))
+        self._outcomes = _Children(counter(
+            "outcomes", "Final outcomes of pushes, one per push.", ("app", "platform", "outcome")))
+        self._push_seconds = _Children(Histogram(
+            "push_seconds", "Time from a push's arrival to its outcome.", ("platform", "outcome"),
+            namespace=n, registry=r, buckets=PUSH_BUCKETS))
+        self._send_seconds = _Children(Histogram(
+            "send_seconds", "Duration of one attempt at a push service.", ("platform",),
+            namespace=n, registry=r, buckets=SEND_BUCKETS))
+        self._attempts = _Children(counter(
+            "send_attempts", "Attempts at push services, per HTTP status (0: no answer).",
+            ("platform", "status")))
+        self._retries = _Children(counter(
+            "retries", "Attempts that were retries of an earlier failed one.", ("platform",)))
+        self._in_flight = gauge("pushes_in_flight", "Pushes received and not yet finished.")
+        self._queue_depth = _Children(gauge(
+            "queue_depth", "Items waiting in an internal queue.", ("queue",)))
+
+        # -- push service connections and credentials
+        self._connections = _Children(gauge(
+            "connections_open", "Open HTTP/2 connections per push service.", ("service",)))
+        self._reconnects = _Children(counter(
+            "reconnects", "Connections re-established after a failure or GOAWAY.", ("service",)))
+        self._renewals = _Children(counter(
+            "credential_renewals", "Provider JWTs signed and OAuth2 tokens fetched.",
+            ("service", "kind")))
+        self._renewal_errors = _Children(counter(
+            "credential_renewal_errors", "Failed OAuth2 token fetches or JWT signings.",
+            ("service", "kind")))
+
+        # -- store, ingress, config, remote logging
+        self._store_ops = _Children(counter(
+            "store_operations", "Token store operations.", ("backend", "operation")))
+        self._store_errors = _Children(counter(
+            "store_errors", "Token store operations that failed.", ("backend", "operation")))
+        self._zmq_rejected = _Children(counter(
+            "zmq_rejected_frames", "ZeroMQ messages rejected (undecodable, invalid, too old).",
+            ("reason",)))
+        self._reloads = _Children(counter(
+            "config_reloads", "Configuration reloads, by result (ok, failed).", ("result",)))
+        self._remote_logs = _Children(counter(
+            "remote_logs", "Remote log posts, by result (sent, failed, dropped).", ("result",)))
+
+    # -- pushes ------------------------------------------------------------------
+
+    def push_received(self, source: str) -> None:
+        self._received.get(source).inc()
+
+    def outcome(self, app_id: str, platform: str, kind: OutcomeKind | str, seconds: float | None = None) -> None:
+        """Count one final outcome; ``seconds`` since the push arrived, if known."""
+        kind_value = kind.value if isinstance(kind, OutcomeKind) else kind
+        self._outcomes.get(app_id, platform, kind_value).inc()
+        if seconds is not None:
+            self._push_seconds.get(platform, kind_value).observe(seconds)
+
+    def attempt(self, platform: str, status: int, seconds: float, *, retry: bool = False) -> None:
+        """One attempt at a push service: its answer's status (0: none) and duration."""
+        self._attempts.get(platform, str(status)).inc()
+        self._send_seconds.get(platform).observe(seconds)
+        if retry:
+            self._retries.get(platform).inc()
+
+    def retry(self, platform: str) -> None:
+        self._retries.get(platform).inc()
+
+    def in_flight_inc(self) -> None:
+        self._in_flight.inc()
+
+    def in_flight_dec(self) -> None:
+        self._in_flight.dec()
+
+    def set_in_flight(self, value: int) -> None:
+        self._in_flight.set(value)
+
+    def set_in_flight_function(self, function: Callable[[], float]) -> None:
+        """Read the gauge from ``function`` at scrape time (e.g. the dispatcher's counter)."""
+        self._in_flight.set_function(function)
+
+    def set_queue_depth(self, queue: str, depth: int) -> None:
+        self._queue_depth.get(queue).set(depth)
+
+    def set_queue_depth_function(self, queue: str, function: Callable[[], float]) -> None:
+        """Read a queue's depth from ``function`` at scrape time."""
+        self._queue_depth.get(queue).set_function(function)
+
+    def on_outcome(self, push: Push, app: Any, notification: Any, outcome: Outcome) -> None:
+        """A dispatcher outcome listener: counts the outcome (no duration)."""
+        self.outcome(push.app_id, push.platform, outcome.kind)
+
+    # -- connections and credentials ---------------------------------------------
+
+    def connection_opened(self, service: str) -> None:
+        self._connections.get(service).inc()
+
+    def connection_closed(self, service: str) -> None:
+        self._connections.get(service).dec()
+
+    def set_connections(self, service: str, count: int) -> None:
+        self._connections.get(service).set(count)
+
+    def reconnect(self, service: str) -> None:
+        self._reconnects.get(service).inc()
+
+    def jwt_renewed(self, service: str) -> None:
+        self._renewals.get(service, "jwt").inc()
+
+    def oauth_renewed(self, service: str) -> None:
+        self._renewals.get(service, "oauth").inc()
+
+    def credential_renewal_failed(self, service: str, kind: str) -> None:
+        """``kind``: ``jwt`` or ``oauth``."""
+        self._renewal_errors.get(service, kind).inc()
+
+    # -- store, ingress, config, remote logging ------------------------------------
+
+    def store_operation(self, backend: str, operation: str, *, error: bool = False) -> None:
+        self._store_ops.get(backend, operation).inc()
+        if error:
+            self._store_errors.get(backend, operation).inc()
+
+    def zmq_rejected(self, reason: str) -> None:
+        self._zmq_rejected.get(reason).inc()
+
+    def config_reload(self, ok: bool) -> None:
+        self._reloads.get("ok" if ok else "failed").inc()
+
+    def remote_log(self, result: str) -> None:
+        """``result``: ``sent``, ``failed`` or ``dropped``."""
+        self._remote_logs.get(result).inc()
+
+    # -- exposition ----------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The body and content type for ``GET /metrics``."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _package_version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,118 @@
+"""Prometheus metrics: names, values, isolation."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.model import Event, Outcome, OutcomeKind, Push
+from sidecar.observe.metrics import Metrics
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple], float]:
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    found = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return samples(metrics).get((name, tuple(sorted(labels.items()))))
+
+
+def test_every_metric_is_rendered_with_its_name():
+    m = Metrics(version="9.9")
+    m.push_received("zmq")
+    m.outcome("com.example.app", "apple", OutcomeKind.DELIVERED, 0.05)
+    m.attempt("apple", 200, 0.02)
+    m.retry("firebase")
+    m.in_flight_inc()
+    m.set_queue_depth("remote_log", 3)
+    m.connection_opened("apple:com.example.app")
+    m.reconnect("apple:com.example.app")
+    m.jwt_renewed("apple:com.example.app")
+    m.oauth_renewed("firebase:proj")
+    m.credential_renewal_failed("firebase:proj", "oauth")
+    m.store_operation("sqlite", "add")
+    m.store_operation("sqlite", "remove", error=True)
+    m.zmq_rejected("undecodable")
+    m.config_reload(ok=False)
+    m.remote_log("dropped")
+    text = m.render()[0].decode()
+    for name in [
+        "pushsidecar_info", "pushsidecar_pushes_received_total", "pushsidecar_outcomes_total",
+        "pushsidecar_push_seconds_bucket", "pushsidecar_send_seconds_bucket",
+        "pushsidecar_send_attempts_total", "pushsidecar_retries_total",
+        "pushsidecar_pushes_in_flight", "pushsidecar_queue_depth", "pushsidecar_connections_open",
+        "pushsidecar_reconnects_total", "pushsidecar_credential_renewals_total",
+        "pushsidecar_credential_renewal_errors_total", "pushsidecar_store_operations_total",
+        "pushsidecar_store_errors_total", "pushsidecar_zmq_rejected_frames_total",
+        "pushsidecar_config_reloads_total", "pushsidecar_remote_logs_total",
+    ]:
+        assert f"\n{name}{{" in text or f"\n{name} " in text, name
+    assert value(m, "pushsidecar_info", version="9.9") == 1
+
+
+def test_values_add_up():
+    m = Metrics()
+    for _ in range(3):
+        m.push_received("http")
+    m.push_received("zmq")
+    m.outcome("app", "apple", OutcomeKind.DELIVERED, 0.2)
+    m.outcome("app", "apple", "delivered", 0.4)
+    m.outcome("app", "firebase", OutcomeKind.TOKEN_DEAD)
+    m.attempt("apple", 0, 1.5, retry=True)
+    m.attempt("apple", 200, 0.01)
+    m.in_flight_inc()
+    m.in_flight_inc()
+    m.in_flight_dec()
+    m.connection_opened("s")
+    m.connection_opened("s")
+    m.connection_closed("s")
+    m.store_operation("sqlite", "lookup", error=True)
+    m.config_reload(True)
+    assert value(m, "pushsidecar_pushes_received_total", source="http") == 3
+    assert value(m, "pushsidecar_outcomes_total", app="app", platform="apple", outcome="delivered") == 2
+    assert value(m, "pushsidecar_outcomes_total", app="app", platform="firebase", outcome="token_dead") == 1
+    assert value(m, "pushsidecar_push_seconds_count", platform="apple", outcome="delivered") == 2
+    assert value(m, "pushsidecar_push_seconds_sum", platform="apple", outcome="delivered") == pytest.approx(0.6)
+    # an outcome without a duration is counted but not observed
+    assert value(m, "pushsidecar_push_seconds_count", platform="firebase", outcome="token_dead") is None
+    assert value(m, "pushsidecar_send_attempts_total", platform="apple", status="0") == 1
+    assert value(m, "pushsidecar_retries_total", platform="apple") == 1
+    assert value(m, "pushsidecar_pushes_in_flight") == 1
+    assert value(m, "pushsidecar_connections_open", service="s") == 1
+    assert value(m, "pushsidecar_store_operations_total", backend="sqlite", operation="lookup") == 1
+    assert value(m, "pushsidecar_store_errors_total", backend="sqlite", operation="lookup") == 1
+    assert value(m, "pushsidecar_config_reloads_total", result="ok") == 1
+
+
+def test_outcome_listener_and_in_flight_function():
+    m = Metrics()
+    push = Push(app_id="a", platform="apple", token="t", event=Event.CANCEL, call_id="c",
+                from_uri="f", to_uri="t", deadline=0, expires_at=0)
+    m.on_outcome(push, None, None, Outcome(OutcomeKind.EXPIRED, 504, "late"))
+    assert value(m, "pushsidecar_outcomes_total", app="a", platform="apple", outcome="expired") == 1
+    in_flight = [7]
+    m.set_in_flight_function(lambda: in_flight[0])
+    assert value(m, "pushsidecar_pushes_in_flight") == 7
+
+
+def test_registries_are_private():
+    first, second = Metrics(), Metrics()  # would raise "Duplicated timeseries" if shared
+    first.push_received("zmq")
+    assert value(second, "pushsidecar_pushes_received_total", source="zmq") is None
+    assert REGISTRY.get_sample_value("pushsidecar_pushes_received_total", {"source": "zmq"}) is None
+
+
+def test_label_children_are_cached():
+    m = Metrics()
+    m.push_received("zmq")
+    child = m._received.get("zmq")
+    m.push_received("zmq")
+    assert m._received.get("zmq") is child
+    assert value(m, "pushsidecar_pushes_received_total", source="zmq") == 2
