@@ -1,0 +1,262 @@
+"""The HTTP API v2 (Sylk Pushserver): device tokens stored per account.
+
+Routes (``account`` is ``user@domain``):
+
+- ``POST /v2/tokens/{account}``: store a device (app-id, device-id) -> token.
+- ``DELETE /v2/tokens/{account}``: forget one device, or every device of an app.
+- ``POST /v2/tokens/{account}/push[/{device}]``: push to every stored device
+  of the account (or one), concurrently; dead tokens are removed afterwards.
+
+Answers keep the original's bodies: adding echoes the record with the
+hyphenated keys, removing answers ``{"result": ...}`` on 404, pushing answers
+``{"code", "description": "push notification responses", "data": [...]}``.
+Errors (validation, storage down) use the Sylk ``{code, description, data}``
+shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from .. import fanout
+from ..model import PushValidationError, canonical_platform
+from ..store.base import DeviceRecord
+from .fields import parse_v1_fields, resolve_application
+from .http import (
+    ERROR_RESPONSES,
+    HttpRuntime,
+    SylkAnswer,
+    json_response,
+    outcome_data,
+    read_json_body,
+    request_body_doc,
+    sylk_response,
+)
+
+# Events sent to the background token when the device has one (fanout.py decides).
+BACKGROUND_TOKEN_EVENTS = fanout.BACKGROUND_TOKEN_EVENTS
+
+_URN_UUID_PREFIX = "<urn:uuid:"
+
+
+def normalize_device_id(device_id: str) -> str:
+    """Strip a literal ``<urn:uuid:...>`` wrapper (SIP instance ids), nothing else.
+
+    The original stripped those characters as a *set* from both ends, which
+    cut ids ending in ``d``, ``i``, ``n``, ``r`` or ``u``.
+    """
+    if (
+        len(device_id) > len(_URN_UUID_PREFIX)
+        and device_id[: len(_URN_UUID_PREFIX)].lower() == _URN_UUID_PREFIX
+        and device_id.endswith(">")
+    ):
+        return device_id[len(_URN_UUID_PREFIX) : -1]
+    return device_id
+
+
+def split_apple_token(token: str) -> tuple[str, str | None]:
+    """``<voip>-<regular>`` -> (voip, regular); a token without ``-`` -> (token, None)."""
+    voip, sep, regular = token.partition("-")
+    if sep and voip and regular:
+        return voip, regular
+    return token, None
+
+
+def check_account(account: str) -> str:
+    if "@" not in account:
+        raise PushValidationError(
+            f"Invalid account '{account}': expected user@domain", 400
+        )
+    return account
+
+
+def require(fields: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if fields.get(key) is None:
+            raise PushValidationError(f"Field '{key}' required", 400)
+
+
+# -- OpenAPI documentation models (not used for validation) --------------------------------
+
+
+class AddTokenDoc(BaseModel):
+    """Store a device token for an account."""
+
+    app_id: str = Field(alias="app-id")
+    platform: str
+    token: str = Field(description="for apple: '<voip>-<regular>' stores both tokens")
+    device_id: str = Field(alias="device-id")
+    silent: bool | str | int = True
+    user_agent: str | None = Field(None, alias="user-agent")
+
+
+class RemoveTokenDoc(BaseModel):
+    """Forget one device (or every device of the app when device-id is absent)."""
+
+    app_id: str = Field(alias="app-id")
+    device_id: str | None = Field(None, alias="device-id")
+
+
+class PushV2Doc(BaseModel):
+    """Push to the stored devices of an account."""
+
+    call_id: str = Field(alias="call-id")
+    from_: str = Field(alias="from")
+    to: str
+    event: str | None = None
+    from_display_name: str | None = Field(None, alias="from-display-name")
+    media_type: str | None = Field(None, alias="media-type")
+    reason: str | None = None
+    filename: str | None = None
+    filetype: str | None = None
+    account: str | None = None
+    content: str | None = None
+    content_type: str | None = Field(None, alias="content-type")
+    badge: int | str = 1
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+def create_v2_router(runtime: HttpRuntime) -> APIRouter:
+    """The ``/v2/tokens`` routes, bound to ``runtime``."""
+    router = APIRouter(prefix="/v2/tokens", tags=["v2"])
+
+    @router.post(
+        "/{account}",
+        summary="Store a device token",
+        responses=ERROR_RESPONSES,
+        openapi_extra=request_body_doc(AddTokenDoc),
+    )
+    async def add_token(account: str, request: Request) -> Response:
+        check_account(account)
+        fields = parse_v1_fields(await read_json_body(request))
+        require(fields, ("app-id", "platform", "token", "device-id"))
+        platform, _, _ = resolve_application(fields, runtime.settings, runtime.app_types)
+        device_id = normalize_device_id(fields["device-id"])
+        token, background = fields["token"], None
+        if platform == "apple":
+            token, background = split_apple_token(token)
+        silent = fields.get("silent", True)
+        record = DeviceRecord(
+            account=account,
+            app_id=fields["app-id"],
+            device_id=device_id,
+            platform=platform,
+            device_token=token,
+            background_token=background,
+            silent=silent,
+            user_agent=fields.get("user-agent"),
+        )
+        await runtime.store.add(record)
+        return json_response(
+            {
+                "app-id": record.app_id,
+                "platform": fields["platform"],
+                "token": fields["token"],
+                "device-id": device_id,
+                "silent": silent,
+                "user-agent": record.user_agent,
+            }
+        )
+
+    @router.delete(
+        "/{account}",
+        summary="Remove a device token",
+        responses=ERROR_RESPONSES,
+        openapi_extra=request_body_doc(RemoveTokenDoc),
+    )
+    async def remove_token(account: str, request: Request) -> Response:
+        check_account(account)
+        fields = parse_v1_fields(await read_json_body(request))
+        require(fields, ("app-id",))
+        device_id = fields.get("device-id")
+        if device_id is not None:
+            device_id = normalize_device_id(device_id)
+        if not await runtime.store.devices(account):
+            return json_response({"result": "User not found"}, status=404)
+        if not await runtime.store.remove(account, fields["app-id"], device_id):
+            return json_response({"result": "Not found"}, status=404)
+        return json_response({"app-id": fields["app-id"], "device-id": device_id})
+
+    push_doc = {
+        "summary": "Push to an account's devices",
+        "response_model": SylkAnswer,
+        "responses": ERROR_RESPONSES,
+        "openapi_extra": request_body_doc(PushV2Doc),
+    }
+
+    @router.post("/{account}/push", **push_doc)
+    async def push_account(account: str, request: Request) -> Response:
+        return await push_to_devices(runtime, account, None, request)
+
+    @router.post("/{account}/push/{device}", **push_doc)
+    async def push_device(account: str, device: str, request: Request) -> Response:
+        return await push_to_devices(runtime, account, normalize_device_id(device), request)
+
+    return router
+
+
+async def push_to_devices(
+    runtime: HttpRuntime, account: str, device_id: str | None, request: Request
+) -> Response:
+    """Send one push per stored device, concurrently; remove dead tokens afterwards."""
+    check_account(account)
+    fields = parse_v1_fields(await read_json_body(request))
+    require(fields, ("call-id", "from", "to"))
+    devices = await runtime.store.devices(account)
+    if device_id is not None:
+        devices = [d for d in devices if d.device_id == device_id]
+    if not devices:
+        what = "user" if device_id is None else "device"
+        return sylk_response(404, f"Push request was not sent: {what} not found")
+
+    results = await fanout.push_to_devices(runtime, account, devices, fields, source="http-v2")
+    data = []
+    for result in results:
+        device = result.device
+        if result.push is None or result.outcome is None:
+            assert result.error is not None
+            data.append(device_result(
+                device, call_id=fields["call-id"], code=result.error.status, reason=result.error.message
+            ))
+            continue
+        entry = outcome_data(result.push, result.outcome)
+        entry.update(device_id=device.device_id, app_id=device.app_id, token_removed=result.token_removed)
+        if result.token_remove_error is not None:
+            entry["token_remove_error"] = result.token_remove_error
+        data.append(entry)
+    return sylk_response(overall_code(data), "push notification responses", data)
+
+
+def device_result(
+    device: DeviceRecord, *, call_id: str, code: int, reason: str
+) -> dict[str, Any]:
+    """A per-device entry for a push that could not even be built."""
+    return {
+        "code": code,
+        "reason": reason,
+        "url": "",
+        "platform": canonical_platform(device.platform),
+        "call_id": call_id,
+        "token": device.device_token,
+        "body": {},
+        "device_id": device.device_id,
+        "app_id": device.app_id,
+        "token_removed": False,
+    }
+
+
+def overall_code(results: list[dict[str, Any]]) -> int:
+    """200 when any device got its push; otherwise the first device's code.
+
+    A code that is not an HTTP status (0: no answer at all) becomes 502.
+    """
+    if any(entry["code"] == 200 for entry in results):
+        return 200
+    code = int(results[0]["code"]) if results else 404
+    return code if 100 <= code <= 599 else 502
