@@ -1,3 +1,9 @@
 """Shared fixtures: real servers started per test session (see tests/*_fixtures.py)."""
 
 pytest_plugins = ["store_fixtures"]
+
+import sys
+from pathlib import Path
+
+# Fixture modules live in tests/ (importable as plain modules by the tests).
+sys.path.insert(0, str(Path(__file__).parent))

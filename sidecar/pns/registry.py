@@ -64,19 +64,21 @@ def builtin_factories(*, debug_hpack: bool = False) -> dict[str, ServiceFactory]
     """Factories of the built-in services, sharing one JWT cache per process."""
     from .apns import ApnsService
     from .apns_auth import ApnsTokenCache
+    from .fcm import FcmService
+    from .fcm_auth import OAuthTokenCache
 
+    # One JWT per (team, key) and one OAuth token per service account, for
+    # every application and connection of the process.
     token_cache = ApnsTokenCache()
+    oauth_cache = OAuthTokenCache()
 
     def apple(app: AppConfig, nursery: trio.Nursery) -> PushService:
         return ApnsService(app, nursery, token_cache=token_cache, debug_hpack=debug_hpack)
 
-    factories: dict[str, ServiceFactory] = {"apple": apple}
-    try:
-        from .fcm import create_fcm_service
-    except ImportError:  # FCM support not installed in this build
-        pass
-    else:
-        factories["firebase"] = create_fcm_service
+    def firebase(app: AppConfig, nursery: trio.Nursery) -> PushService:
+        return FcmService(app, nursery, oauth_cache=oauth_cache, debug_hpack=debug_hpack)
+
+    factories: dict[str, ServiceFactory] = {"apple": apple, "firebase": firebase}
     return factories
 
 

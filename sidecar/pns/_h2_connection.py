@@ -1,0 +1,585 @@
+"""One HTTP/2 client connection: the h2 state machine driven by trio.
+
+Theory of operation
+-------------------
+``h2.connection.H2Connection`` is sans-IO and not safe to share, but trio runs
+one task at a time, so every synchronous call into it is atomic; only the
+socket needs ownership.  Three background tasks live in a private nursery
+(inside the nursery the caller gives to :meth:`Http2Connection.start`):
+
+- the *reader* reads, feeds h2 and turns its events into per-stream results;
+- the *writer* sleeps until something is queued in h2's output buffer, then
+  calls :meth:`Http2Connection._flush`, the only code that writes to the
+  socket (``data_to_send()`` + ``send_all`` under one lock).  Requests never
+  write themselves: they queue frames and wake the writer, so the frames of
+  every request made during one scheduling round go out in one ``send_all``;
+- the *pinger* sends a PING when nothing was received for ``ping_interval``
+  seconds and closes the connection if the ack does not come back in time.
+
+Each request owns one ``_Stream`` record keyed by stream id and waits on its
+event.  A :class:`~sidecar.pns._h2_limiter.StreamLimiter` follows the server's
+SETTINGS_MAX_CONCURRENT_STREAMS.  Bodies larger than the flow-control window
+wait for WINDOW_UPDATE.  Whatever ends a request (answer, error,
+cancellation), its ``finally`` releases the slot and, when h2 still considers
+the stream open, queues RST_STREAM(CANCEL).  That is synchronous (no await),
+so it cannot be interrupted and needs no shield; the writer sends it.
+
+Failure rules (see :mod:`sidecar.pns._h2_errors`): the first transport error
+closes the connection and fails every pending stream with it.  A GOAWAY fails
+streams above ``last_stream_id`` as never processed (resendable) and the
+unanswered ones at or below it as processed-without-answer (not resendable).
+h2 refuses every frame after a GOAWAY, in either direction, so streams at or
+below ``last_stream_id`` cannot finish after it and the connection closes at
+once (RFC 9113 section 6.8).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from typing import Any, Callable
+
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+
+from ._h2_errors import (
+    ConnectError,
+    ConnectionLost,
+    ConnectionNotAvailable,
+    Http2Error,
+    InvalidRequest,
+    NoResponseAfterGoaway,
+    RemoteProtocolError,
+    Response,
+    StreamRefused,
+    StreamReset,
+)
+from ._h2_limiter import StreamLimiter
+from ._h2_protocol import ClientH2Connection, Header, check_headers
+
+logger = logging.getLogger("sidecar.pns.http2")
+
+_RECEIVE_SIZE = 65536
+# Our receive window for the whole connection; responses are small, but many
+# error bodies in flight at once should never stall the connection.
+_CONNECTION_WINDOW = 16 * 1024 * 1024
+_CLOSE_GRACE = 1.0  # seconds we give our GOAWAY to leave on aclose()
+
+class ConnectionState(enum.Enum):
+    ACTIVE = "active"  # accepts new streams
+    DRAINING = "draining"  # no new streams; closes when the last one ends
+    CLOSED = "closed"  # every stream failed; the transport is (being) closed
+
+
+class _Stream:
+    """What one request knows about its stream."""
+
+    __slots__ = ("stream_id", "headers", "chunks", "done", "error", "local_ended", "window_open")
+
+    def __init__(self, stream_id: int):
+        self.stream_id = stream_id
+        self.headers: list[Header] = []
+        self.chunks: list[bytes] = []
+        self.done = trio.Event()  # set when the response is complete or the stream failed
+        self.error: Http2Error | None = None
+        self.local_ended = False  # END_STREAM queued by us
+        self.window_open: trio.Event | None = None  # waiting for this stream's own window
+
+
+class Http2Connection:
+    """An HTTP/2 client connection over any ``trio.abc.Stream``.
+
+    Create it on an open (TLS) stream, call :meth:`start`, then make
+    concurrent :meth:`request` calls.  For TLS, use
+    :func:`open_http2_connection`.
+
+    Args:
+        stream: the transport; for TLS it must have negotiated ALPN ``h2``.
+        authority: the ``:authority`` pseudo-header (``host`` or ``host:port``).
+        max_streams: our own cap on concurrent streams; the effective limit
+            is the smaller of this and the server's MAX_CONCURRENT_STREAMS.
+        ping_interval: seconds without receiving anything before we PING;
+            0 disables pings.
+        ping_timeout: seconds to wait for the PING ack before giving up.
+        write_timeout: seconds one ``send_all`` may block before the
+            connection counts as dead (the peer stopped reading).
+        name: a label for log lines.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        authority: str,
+        max_streams: int = 1000,
+        ping_interval: float = 60.0,
+        ping_timeout: float = 10.0,
+        write_timeout: float = 30.0,
+        name: str = "",
+    ):
+        self._stream = stream
+        self._name = name or authority
+        self._streams: dict[int, _Stream] = {}
+        self._h2 = ClientH2Connection(self._streams.__len__)
+        self._state = ConnectionState.ACTIVE
+        self._close_reason = ""
+        self._goaway: tuple[int, int] | None = None  # (last_stream_id, error_code)
+        self._max_streams = max_streams
+        # Until the server's SETTINGS arrive we assume the RFC's suggested minimum.
+        self._limiter = StreamLimiter(min(100, max_streams))
+        self._pseudo_headers: list[Header] = [(":scheme", "https"), (":authority", authority)]
+        self._write_lock = trio.Lock()
+        self._write_wanted = trio.Event()
+        # Bodies waiting for connection-level window, first come first served.
+        self._window_waiters = trio.lowlevel.ParkingLot()
+        self._settings_received = trio.Event()
+        self._ping_acked: trio.Event | None = None
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._write_timeout = write_timeout
+        self._last_received = -math.inf
+        self._cancel_scope = trio.CancelScope()
+        self._finished = trio.Event()
+        self._started = False
+        self._closing = False  # aclose() called: the server hanging up is expected
+        self._requests = 0
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            h2.events.ResponseReceived: self._on_response,
+            h2.events.TrailersReceived: self._on_trailers,
+            h2.events.DataReceived: self._on_data,
+            h2.events.StreamEnded: self._on_stream_ended,
+            h2.events.StreamReset: self._on_stream_reset,
+            h2.events.WindowUpdated: self._on_window_updated,
+            h2.events.RemoteSettingsChanged: self._on_remote_settings,
+            h2.events.PingAckReceived: self._on_ping_ack,
+            h2.events.ConnectionTerminated: self._on_goaway,
+        }
+
+    # ---- life cycle -------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Send the connection preface and start the background tasks in ``nursery``."""
+        if self._started:
+            raise RuntimeError("Http2Connection.start() called twice")
+        self._started = True
+        await nursery.start(self._run)
+
+    async def wait_remote_settings(self) -> None:
+        """Wait for the server's first SETTINGS frame.
+
+        Raises:
+            ConnectError: the connection closed before it came.
+        """
+        await self._settings_received.wait()
+        if self._state is ConnectionState.CLOSED:
+            raise ConnectError(f"{self._name}: connection closed before SETTINGS: {self._close_reason}")
+
+    async def aclose(self) -> None:
+        """Send GOAWAY, fail pending streams with ConnectionLost, close the transport."""
+        self._closing = True
+        if self._state is not ConnectionState.CLOSED and self._started:
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
+                self._h2.close_connection()
+                await self._flush()
+        self._close("closed locally", ConnectionLost, routine=True)
+        if self._started:
+            with trio.CancelScope(shield=True):
+                await self._finished.wait()
+        else:
+            await trio.aclose_forcefully(self._stream)
+
+    def start_draining(self) -> None:
+        """Accept no new streams; close once the in-flight ones have ended."""
+        if self._state is ConnectionState.ACTIVE:
+            self._state = ConnectionState.DRAINING
+            if not self._streams:
+                self._close("drained", ConnectionLost, routine=True)
+
+    # ---- predicates for the owner ----------------------------------------
+
+    def is_available(self) -> bool:
+        """True if a new request may be sent on this connection."""
+        return self._state is ConnectionState.ACTIVE
+
+    def is_closed(self) -> bool:
+        return self._state is ConnectionState.CLOSED
+
+    def is_idle(self) -> bool:
+        return not self._streams
+
+    @property
+    def in_flight(self) -> int:
+        """Requests currently holding a stream."""
+        return len(self._streams)
+
+    @property
+    def goaway(self) -> tuple[int, int] | None:
+        """``(last_stream_id, error_code)`` of the server's GOAWAY, if one came."""
+        return self._goaway
+
+    def statistics(self) -> dict[str, Any]:
+        """An immutable-by-convention snapshot for metrics and tests."""
+        return {
+            "state": self._state.value,
+            "in_flight": len(self._streams),
+            "waiting_for_stream": self._limiter.waiting,
+            "max_concurrent_streams": self._limiter.capacity,
+            "requests": self._requests,
+            "close_reason": self._close_reason,
+        }
+
+    # ---- requests ---------------------------------------------------------
+
+    async def request(
+        self, method: str, path: str, headers: list[Header], body: bytes = b""
+    ) -> Response:
+        """Send one request and wait for its complete response.
+
+        ``headers`` are regular headers with lower-case names (checked, not
+        normalized); the pseudo-headers are added here.  Checkpoints;
+        cancellation resets the stream.
+
+        Raises:
+            ConnectionNotAvailable: never processed (safe to resend).
+            NoResponseAfterGoaway: processed or maybe processed; never resend.
+            ConnectionLost, RemoteProtocolError: the connection failed.
+            StreamReset: the server reset this stream.
+            InvalidRequest: h2 refused the headers; nothing was sent.
+        """
+        if self._state is not ConnectionState.ACTIVE:
+            raise self._not_available()
+        await self._limiter.acquire()
+        try:
+            if self._state is not ConnectionState.ACTIVE:
+                raise self._not_available()
+            record = self._open_stream(method, path, headers, body)
+            try:
+                if body and not record.local_ended:
+                    await self._send_body(record, body)
+                await record.done.wait()
+            finally:
+                self._end_stream(record)
+            if record.error is not None:
+                raise record.error
+            headers_dict = dict(record.headers)
+            return Response(int(headers_dict.get(":status", 0)), headers_dict, b"".join(record.chunks))
+        finally:
+            self._limiter.release()
+
+    def _open_stream(self, method: str, path: str, headers: list[Header], body: bytes) -> _Stream:
+        """Queue HEADERS (and the body when it fits the window) for a new stream."""
+        check_headers(path, headers)
+        h2c = self._h2
+        try:
+            stream_id = h2c.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError as exc:
+            self.start_draining()
+            raise ConnectionNotAvailable(f"{self._name}: stream ids exhausted") from exc
+        request_headers = [(":method", method), *self._pseudo_headers, (":path", path), *headers]
+        try:
+            h2c.send_headers(stream_id, request_headers, end_stream=not body)
+        except h2.exceptions.ProtocolError as exc:
+            # Nothing of this stream reached the socket yet (no await since).
+            closed = h2c.state_machine.state is h2.connection.ConnectionState.CLOSED
+            if closed or isinstance(exc, h2.exceptions.TooManyStreamsError):
+                raise ConnectionNotAvailable(f"{self._name}: cannot open a stream: {exc}") from exc
+            # check_headers() should have caught this.  h2 validates while it
+            # encodes, so the HPACK table may now hold fields the server never
+            # saw: no new stream may use this connection.  h2 also left an idle
+            # stream behind (RST_STREAM on an idle stream is not allowed).
+            h2c.streams.pop(stream_id, None)
+            self.start_draining()
+            raise InvalidRequest(f"{self._name}: h2 refused the request: {exc}") from exc
+        record = _Stream(stream_id)
+        self._streams[stream_id] = record
+        self._requests += 1
+        if not body:
+            record.local_ended = True
+        elif not self._window_waiters and len(body) <= min(
+            h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size
+        ):
+            h2c.send_data(stream_id, body, end_stream=True)
+            record.local_ended = True
+        self._wake_writer()
+        return record
+
+    async def _send_body(self, record: _Stream, body: bytes) -> None:
+        """Send ``body`` in frames as the flow-control windows allow.
+
+        Waiting for the connection window is a FIFO queue, not a herd: one
+        WINDOW_UPDATE wakes the first waiter, and each sender hands the turn
+        to the next while window is left (also when it leaves early).  A
+        stream whose own window is shut waits for its own WINDOW_UPDATE.
+        """
+        h2c = self._h2
+        stream_id = record.stream_id
+        waiters = self._window_waiters
+        offset, total = 0, len(body)
+        try:
+            if waiters:  # queue behind earlier bodies
+                await waiters.park()
+            while offset < total:
+                if record.done.is_set():  # reset, early answer or connection gone
+                    return
+                window = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
+                if window > 0:
+                    chunk = body[offset : offset + window]
+                    offset += len(chunk)
+                    h2c.send_data(stream_id, chunk, end_stream=offset >= total)
+                    self._wake_writer()
+                elif h2c.outbound_flow_control_window <= 0:
+                    await waiters.park()
+                else:
+                    record.window_open = trio.Event()
+                    self._pass_window_turn()
+                    await record.window_open.wait()
+            record.local_ended = True
+        finally:
+            self._pass_window_turn()
+
+    def _pass_window_turn(self) -> None:
+        if self._window_waiters and (
+            self._state is ConnectionState.CLOSED or self._h2.outbound_flow_control_window > 0
+        ):
+            self._window_waiters.unpark()
+
+    def _end_stream(self, record: _Stream) -> None:
+        """Forget the stream; reset it if h2 still considers it open.  Never awaits."""
+        del self._streams[record.stream_id]
+        if self._state is ConnectionState.CLOSED:
+            return
+        if not (record.local_ended and record.done.is_set() and record.error is None):
+            try:
+                self._h2.reset_stream(record.stream_id, h2.errors.ErrorCodes.CANCEL)
+            except h2.exceptions.H2Error:
+                pass  # already closed on the h2 side (reset by the peer, answered...)
+            else:
+                self._wake_writer()
+        if self._state is ConnectionState.DRAINING and not self._streams:
+            self._close("drained", ConnectionLost, routine=True)
+
+    def _not_available(self) -> ConnectionNotAvailable:
+        return ConnectionNotAvailable(
+            f"{self._name}: connection {self._state.value}"
+            + (f": {self._close_reason}" if self._close_reason else "")
+        )
+
+    # ---- closing ----------------------------------------------------------
+
+    def _close(
+        self,
+        reason: str,
+        error_type: type[Http2Error],
+        cause: BaseException | None = None,
+        *,
+        routine: bool = False,
+    ) -> None:
+        """Close once: fail every pending stream with a fresh ``error_type``.
+
+        ``routine`` closes (ours, draining, a graceful GOAWAY) log at INFO,
+        the others at WARNING.
+        """
+        if self._state is ConnectionState.CLOSED:
+            return
+        self._state = ConnectionState.CLOSED
+        self._close_reason = reason
+        for record in self._streams.values():
+            if not record.done.is_set():
+                record.error = error_type(f"{self._name}: {reason}")
+                record.error.__cause__ = cause
+                record.done.set()
+        # Wake everyone who waits for something this connection will never give.
+        self._limiter.resize(2**31)
+        self._window_waiters.unpark_all()
+        for record in self._streams.values():
+            if record.window_open is not None:
+                record.window_open.set()
+        self._settings_received.set()
+        if self._ping_acked is not None:
+            self._ping_acked.set()
+        self._cancel_scope.cancel()
+        (logger.info if routine or self._closing else logger.warning)("http2 %s: connection closed: %s", self._name, reason)
+
+    # ---- background tasks -------------------------------------------------
+
+    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._last_received = trio.current_time()
+        self._h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
+            },
+        )
+        self._h2.initiate_connection()
+        self._h2.increment_flow_control_window(_CONNECTION_WINDOW - 65535)
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader)
+                    nursery.start_soon(self._writer)
+                    if self._ping_interval > 0:
+                        nursery.start_soon(self._pinger)
+                    self._wake_writer()
+                    task_status.started()
+        except Exception as exc:  # a bug in a handler must not take the service down
+            logger.exception("http2 %s: internal error", self._name)
+            self._close(f"internal error: {exc!r}", ConnectionLost, exc)
+        finally:
+            self._close("connection closed", ConnectionLost, routine=True)  # cancelled: shutting down
+            await trio.aclose_forcefully(self._stream)
+            self._finished.set()
+
+    async def _reader(self) -> None:
+        h2c = self._h2
+        handlers = self._handlers
+        while True:
+            try:
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._close(f"read failed: {exc!r}", ConnectionLost, exc)
+                return
+            if not data:
+                self._close("server closed the connection", ConnectionLost)
+                return
+            self._last_received = trio.current_time()
+            try:
+                events = h2c.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                self._close(f"protocol error: {exc}", RemoteProtocolError, exc)
+                return
+            for event in events:
+                handler = handlers.get(type(event))
+                if handler is not None:
+                    handler(event)
+            if self._state is ConnectionState.CLOSED:
+                return
+            self._wake_writer()  # acks, window updates, PING and SETTINGS acks
+
+    async def _writer(self) -> None:
+        while True:
+            await self._write_wanted.wait()
+            self._write_wanted = trio.Event()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Write everything h2 has queued.  The only code that writes to the socket."""
+        async with self._write_lock:
+            while data := self._h2.data_to_send():
+                try:
+                    with trio.fail_after(self._write_timeout):
+                        await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
+                    self._close(f"write failed: {exc!r}", ConnectionLost, exc)
+                    return
+
+    async def _pinger(self) -> None:
+        payload = 0
+        while True:
+            await trio.sleep_until(self._last_received + self._ping_interval)
+            if trio.current_time() < self._last_received + self._ping_interval:
+                continue  # something arrived meanwhile: not idle
+            payload += 1
+            self._ping_acked = acked = trio.Event()
+            self._h2.ping(payload.to_bytes(8, "big"))
+            self._wake_writer()
+            with trio.move_on_after(self._ping_timeout):
+                await acked.wait()
+            if not acked.is_set():
+                self._close(f"no PING ack within {self._ping_timeout}s", ConnectionLost)
+                return
+
+    def _wake_writer(self) -> None:
+        self._write_wanted.set()
+
+    # ---- h2 events (called by the reader, never await) --------------------
+
+    def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        record = self._streams.get(event.stream_id)
+        if record is not None:
+            record.headers = event.headers
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        record = self._streams.get(event.stream_id)
+        if record is not None:
+            record.headers = [*record.headers, *event.headers]
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        # Acknowledge even for forgotten streams: the connection window counts it too.
+        if event.flow_controlled_length:
+            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        record = self._streams.get(event.stream_id)
+        if record is not None:
+            record.chunks.append(event.data)
+
+    def _on_stream_ended(self, event: h2.events.StreamEnded) -> None:
+        record = self._streams.get(event.stream_id)
+        if record is not None:
+            record.done.set()
+
+    def _on_stream_reset(self, event: h2.events.StreamReset) -> None:
+        record = self._streams.get(event.stream_id)
+        if record is None or record.done.is_set():
+            return
+        code = event.error_code
+        if code == h2.errors.ErrorCodes.REFUSED_STREAM:
+            record.error = StreamRefused(f"{self._name}: stream {event.stream_id} refused")
+        else:
+            record.error = StreamReset(f"{self._name}: stream {event.stream_id} reset by server: {code!r}", int(code or 0))
+        record.done.set()
+        # Its sender may be waiting for window: wake it (rare, so wake all).
+        if record.window_open is not None:
+            record.window_open.set()
+        self._window_waiters.unpark_all()
+
+    def _on_window_updated(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id:
+            record = self._streams.get(event.stream_id)
+            if record is not None and record.window_open is not None:
+                record.window_open.set()
+        self._pass_window_turn()
+
+    def _on_remote_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        changed = event.changed_settings
+        max_streams = changed.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+        if max_streams is not None or not self._settings_received.is_set():
+            limit = self._h2.remote_settings.max_concurrent_streams
+            self._limiter.resize(min(limit, self._max_streams))
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
+            for record in self._streams.values():
+                if record.window_open is not None:
+                    record.window_open.set()
+            self._pass_window_turn()
+        self._settings_received.set()
+
+    def _on_ping_ack(self, event: h2.events.PingAckReceived) -> None:
+        if self._ping_acked is not None:
+            self._ping_acked.set()
+
+    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        last = event.last_stream_id or 0
+        code = int(event.error_code or 0)
+        self._goaway = (last, code)
+        detail = (event.additional_data or b"")[:200].decode("utf-8", "replace")
+        for stream_id, record in self._streams.items():
+            if record.done.is_set():
+                continue
+            if stream_id > last:
+                record.error = ConnectionNotAvailable(
+                    f"{self._name}: GOAWAY: stream {stream_id} above last_stream_id {last}, not processed"
+                )
+            else:
+                record.error = NoResponseAfterGoaway(
+                    f"{self._name}: GOAWAY (last_stream_id {last}) before the answer on stream {stream_id}"
+                )
+            record.done.set()
+        self._close(
+            f"GOAWAY error_code={code} last_stream_id={last} {detail}".rstrip(),
+            ConnectionNotAvailable,
+            routine=code == h2.errors.ErrorCodes.NO_ERROR,
+        )

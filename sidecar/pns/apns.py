@@ -1,0 +1,221 @@
+"""The APNs push service: one HTTP/2 endpoint per application, one attempt per send.
+
+The app type builds the headers (apns-topic, apns-push-type, apns-priority,
+apns-expiration...) and the JSON payload; this module adds authentication
+(a shared ES256 JWT, or the TLS client certificate), sends
+``POST /3/device/<token>`` and classifies the answer with pure tables, so the
+dispatcher only sees a :class:`~sidecar.pns.base.SendResult`.
+
+Re-sends that cannot ring a phone twice (streams above a GOAWAY's
+``last_stream_id``, refused streams) happen inside the HTTP/2 endpoint.  A
+stream APNs may have processed before going away without answering is
+reported REJECTED (reason ``NoResponseAfterGoaway``) so it is never resent.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import json
+import logging
+import time
+from typing import Any, Callable, Mapping
+from urllib.parse import quote
+
+import trio
+
+from ..config import AppConfig
+from ..model import Push
+from .apns_auth import ApnsJwtProvider, ApnsTokenCache
+from .base import Notification, PushService, PushServiceConfigError, SendResult, Verdict
+from .http2 import (
+    Connector,
+    Http2Endpoint,
+    Http2Error,
+    InvalidRequest,
+    NoResponseAfterGoaway,
+    Response,
+    open_http2_connection,
+)
+from .tls import client_ssl_context
+
+logger = logging.getLogger("sidecar.pns.apns")
+hpack_logger = logging.getLogger("sidecar.pns.apns.hpack")
+
+CONNECT_TIMEOUT = 10.0
+PAYLOAD_LIMIT = 4096
+VOIP_PAYLOAD_LIMIT = 5120
+
+# (status, reason) answers whose meaning is not the status class's.
+REASON_VERDICTS: Mapping[tuple[int, str], Verdict] = {
+    (400, "BadDeviceToken"): Verdict.TOKEN_DEAD,  # often a sandbox token sent to production
+    (403, "ExpiredProviderToken"): Verdict.RETRY,  # after renewing our JWT
+    (403, "InvalidProviderToken"): Verdict.RETRY,  # idem
+}
+STATUS_VERDICTS: Mapping[int, Verdict] = {
+    200: Verdict.DELIVERED,
+    410: Verdict.TOKEN_DEAD,  # Unregistered, ExpiredToken
+    429: Verdict.RETRY,  # TooManyRequests, TooManyProviderTokenUpdates
+}
+#: 403 reasons that mean our JWT was refused: renew it before the next attempt
+JWT_REJECTED = frozenset({"ExpiredProviderToken", "InvalidProviderToken"})
+
+
+def classify_apns(status: int, reason: str) -> Verdict:
+    """The verdict for one APNs answer (pure; see the tables above)."""
+    verdict = REASON_VERDICTS.get((status, reason)) or STATUS_VERDICTS.get(status)
+    if verdict is not None:
+        return verdict
+    return Verdict.RETRY if status >= 500 else Verdict.REJECTED
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or HTTP date).
+
+    ``now`` is wall-clock UNIX time.  Returns None when absent or unreadable.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - now, 0.0)
+
+
+def apns_result(response: Response, url: str, now: float) -> SendResult:
+    """Turn an APNs response into a SendResult (pure)."""
+    status = response.status
+    body: dict[str, Any] | None = None
+    if response.body:
+        try:
+            decoded = json.loads(response.body)
+        except ValueError:
+            decoded = {"text": response.body[:200].decode("utf-8", "replace")}
+        body = decoded if isinstance(decoded, dict) else {"value": decoded}
+    if status == 200:
+        return SendResult(Verdict.DELIVERED, 200, "OK", url, body={"apns-id": response.headers.get("apns-id", "")})
+    reason = str(body.get("reason", "")) if body else ""
+    verdict = classify_apns(status, reason)
+    retry_after = parse_retry_after(response.headers.get("retry-after"), now) if verdict is Verdict.RETRY else None
+    return SendResult(verdict, status, reason, url, retry_after=retry_after, body=body)
+
+
+def failure_result(exc: Http2Error, url: str) -> SendResult:
+    """The SendResult of a request that got no answer (pure)."""
+    if isinstance(exc, NoResponseAfterGoaway):
+        # APNs processed it or may have: resending could ring the phone twice.
+        return SendResult(Verdict.REJECTED, 0, f"NoResponseAfterGoaway: {exc}", url)
+    if isinstance(exc, InvalidRequest):
+        return SendResult(Verdict.REJECTED, 0, f"InvalidRequest: {exc}", url)
+    return SendResult(Verdict.RETRY, 0, f"{type(exc).__name__}: {exc}", url)
+
+
+def payload_limit(headers: Mapping[str, str]) -> int:
+    return VOIP_PAYLOAD_LIMIT if headers.get("apns-push-type") == "voip" else PAYLOAD_LIMIT
+
+
+class ApnsService(PushService):
+    """Sends an application's pushes to APNs over one persistent HTTP/2 connection.
+
+    Args:
+        app: the application's configuration (apple_host/apple_port; token
+            auth with apple_key .p8 + key_id + team_id, or certificate auth
+            with apple_certificate [+ apple_key]; tls_ca_file).
+        nursery: where the connection's background tasks run.
+        token_cache: the process-wide JWT cache (token auth).
+        debug_hpack: log request and response headers at DEBUG
+            (without the authorization header).
+        connector: test seam: opens connections instead of TLS to
+            apple_host:apple_port.
+        wall_clock: UNIX time, for Retry-After dates.
+
+    Raises:
+        PushServiceConfigError: missing or unusable credentials or CA file;
+            the message names the file.
+    """
+
+    platform = "apple"
+
+    def __init__(
+        self,
+        app: AppConfig,
+        nursery: trio.Nursery,
+        *,
+        token_cache: ApnsTokenCache,
+        debug_hpack: bool = False,
+        connector: Connector | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self._app = app
+        self._debug_hpack = debug_hpack
+        self._wall_clock = wall_clock
+        self._jwt: ApnsJwtProvider | None = None
+        where = f"[{app.section}]"
+        if app.apple_token_auth:
+            if not app.key_id or not app.team_id:
+                raise PushServiceConfigError(f"{where} APNs token auth ({app.apple_key}) needs key_id and team_id")
+            assert app.apple_key is not None
+            self._jwt = token_cache.provider(app.team_id, app.key_id, app.apple_key)
+            context = client_ssl_context(ca_file=app.tls_ca_file)
+        elif app.apple_certificate is not None:
+            context = client_ssl_context(
+                ca_file=app.tls_ca_file, cert_file=app.apple_certificate, key_file=app.apple_key
+            )
+        else:
+            raise PushServiceConfigError(f"{where} APNs needs apple_certificate or apple_key (.p8)")
+        host, port = app.apple_host, app.apple_port
+        self._url_prefix = f"https://{host}:{port}/3/device/"
+        if connector is None:
+            connector = functools.partial(open_http2_connection, host, port, context, connect_timeout=CONNECT_TIMEOUT)
+        self._endpoint = Http2Endpoint(connector, nursery, name=f"apns {app.app_id} {host}:{port}")
+
+    async def send(self, push: Push, notification: Notification) -> SendResult:
+        """One attempt; never raises except Cancelled.  See the module docstring."""
+        token = quote(push.token, safe="")
+        path = "/3/device/" + token
+        url = self._url_prefix + token
+        try:
+            body = json.dumps(notification.payload, separators=(",", ":"), ensure_ascii=False).encode()
+        except (TypeError, ValueError) as exc:
+            return SendResult(Verdict.REJECTED, 0, f"payload is not JSON: {exc}", url)
+        if len(body) > payload_limit(notification.headers):
+            return SendResult(Verdict.REJECTED, 413, "PayloadTooLarge", url)
+        headers = list(notification.headers.items())
+        if self._debug_hpack:
+            hpack_logger.debug("%s request %s headers %s", push.request_id, path, headers)
+        jwt = ""
+        if self._jwt is not None:
+            jwt = self._jwt.token()
+            headers.append(("authorization", "bearer " + jwt))
+        try:
+            response = await self._endpoint.request("POST", path, headers, body)
+        except Http2Error as exc:
+            return failure_result(exc, url)
+        except Exception as exc:  # a bug: report it, but keep the no-raise contract
+            logger.exception("%s: unexpected error sending to APNs", push.request_id)
+            return SendResult(Verdict.REJECTED, 0, f"internal error: {exc!r}", url)
+        if self._debug_hpack:
+            hpack_logger.debug("%s response %s headers %s", push.request_id, path, response.headers)
+        result = apns_result(response, url, self._wall_clock())
+        if self._jwt is not None and result.status == 403 and result.reason in JWT_REJECTED:
+            self._jwt.invalidate(jwt)
+        return result
+
+    async def aclose(self) -> None:
+        await self._endpoint.aclose()
+
+    def statistics(self) -> Mapping[str, Any]:
+        return {"platform": self.platform, "app_id": self._app.app_id, **self._endpoint.statistics()}
+
+
+def create_apns_service(
+    app: AppConfig, nursery: trio.Nursery, *, token_cache: ApnsTokenCache, debug_hpack: bool = False
+) -> ApnsService:
+    """Factory for the service registry (same arguments as :class:`ApnsService`)."""
+    return ApnsService(app, nursery, token_cache=token_cache, debug_hpack=debug_hpack)
