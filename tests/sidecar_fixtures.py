@@ -66,5 +66,5 @@ async def sidecar(tmp_path: Path, sim: Simulator, sim_credentials: SimCredential
 
 @pytest.fixture
 async def client(sidecar: SidecarHandle) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=sidecar.http_url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=sidecar.http_url, timeout=120) as http:
         yield http
