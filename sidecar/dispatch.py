@@ -11,6 +11,7 @@ counted.  "Nothing lost" is checkable: pushes in == outcomes out, per kind.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Callable, Protocol
@@ -102,14 +103,23 @@ class Dispatcher:
     async def _send_until_done(
         self, push: Push, app: AppConfig, notification: Notification
     ) -> Outcome:
-        service = self._services.service_for(app)
         attempts = 0
         last: SendResult | None = None
+        if logger.isEnabledFor(logging.DEBUG):  # debug = true: what we send (secrets are redacted)
+            logger.debug("event=request call_id=%s request_id=%s headers=%s body=%s",
+                         push.call_id, push.request_id, json.dumps(dict(notification.headers)),
+                         json.dumps(notification.payload, separators=(",", ":")))
         with trio.move_on_at(push.deadline):
             while True:
                 attempts += 1
+                # Looked up per attempt: a reload may have replaced the service (new key).
+                service = self._services.service_for(app)
                 sent_at = trio.current_time()
                 last = await service.send(push, notification)
+                if last.body is not None and logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("event=response call_id=%s request_id=%s status=%d body=%s",
+                                 push.call_id, push.request_id, last.status,
+                                 json.dumps(last.body, separators=(",", ":"), default=str))
                 seconds = trio.current_time() - sent_at
                 self.metrics.attempt(push.platform, last.status, seconds,
                                      retry=last.verdict is Verdict.RETRY)

@@ -11,11 +11,12 @@ give pushes in flight a few seconds to end, then cancel everything.  SIGHUP
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import trio
 
@@ -149,53 +150,83 @@ async def run_sidecar(
     stop_requested = trio.Event()
     store = await open_store(settings)
     try:
-        async with trio.open_nursery() as nursery:
-            factories = builtin_factories(debug_hpack=settings.debug_hpack)
-            for name, cls in pns_plugins.items():
-                factories[name] = cls
-            services = PushServices(nursery, factories)
-            problems = []
-            for app in settings.applications.values():
-                try:
-                    services.validate(app)
-                except PushServiceConfigError as exc:
-                    problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
-            if problems:
-                raise ConfigError(problems)
-            metrics = Metrics()
-            remote_logger = RemoteLogger(metrics=metrics)
-            await nursery.start(remote_logger.run)
-            runtime = Runtime(settings, app_types, services, store, nursery,
-                              listeners=[remote_logger], metrics=metrics)
-            metrics.set_in_flight_function(lambda: runtime.dispatcher.in_flight)
+        with _unwrap_config_error():
+            async with trio.open_nursery() as nursery:
+                factories = builtin_factories(debug_hpack=settings.debug_hpack, state_dir=settings.spool_dir)
+                for name, cls in pns_plugins.items():
+                    factories[name] = cls
+                services = PushServices(nursery, factories)
+                problems = []
+                for app in settings.applications.values():
+                    try:
+                        services.validate(app)
+                    except PushServiceConfigError as exc:
+                        problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
+                if problems:
+                    raise ConfigError(problems)
+                metrics = Metrics()
+                remote_logger = RemoteLogger(metrics=metrics)
+                await nursery.start(remote_logger.run)
+                runtime = Runtime(settings, app_types, services, store, nursery,
+                                  listeners=[remote_logger], metrics=metrics)
+                metrics.set_in_flight_function(lambda: runtime.dispatcher.in_flight)
 
-            http_urls = await nursery.start(_serve_http, create_http_app(runtime), settings, stop_requested)
-            zmq_endpoint = None
-            if settings.zmq_enabled:
-                zmq_endpoint = await nursery.start(_serve_zmq, runtime, settings)
-            nursery.start_soon(_watch_config, runtime, config_dir)
-            if handle_signals:
-                nursery.start_soon(_handle_signals, runtime, config_dir, stop_requested, log_handle)
-            nursery.start_soon(systemd.watchdog_loop)
-            systemd.notify_ready()
-            logger.info(
-                "pushsidecar ready: http %s, zmq %s, %d application(s), store %s",
-                ", ".join(http_urls), zmq_endpoint or "off", len(settings.applications),
-                "cassandra" if settings.cassandra.enabled else "sqlite",
-            )
-            task_status.started(SidecarHandle(runtime, http_urls, zmq_endpoint, stop_requested.set))
-            await stop_requested.wait()
-            systemd.notify_stopping()
-            logger.info("stopping: %d push(es) in flight", runtime.dispatcher.in_flight)
-            with trio.move_on_after(STOP_GRACE_SECONDS):
-                while runtime.dispatcher.in_flight:
-                    await trio.sleep(0.05)
-            await services.aclose()
-            nursery.cancel_scope.cancel()
+                http_done = trio.Event()
+                http_urls = await nursery.start(
+                    _serve_http, create_http_app(runtime), settings, stop_requested, http_done)
+                zmq_endpoint = None
+                if settings.zmq_enabled:
+                    zmq_endpoint = await nursery.start(_serve_zmq, runtime, settings)
+                watcher = ConfigWatcher(runtime, config_dir)
+                await watcher.remember_files()
+                nursery.start_soon(watcher.watch)
+                if handle_signals:
+                    nursery.start_soon(_handle_signals, watcher, stop_requested, log_handle)
+                nursery.start_soon(systemd.watchdog_loop)
+                systemd.notify_ready()
+                logger.info(
+                    "pushsidecar ready: http %s, zmq %s, %d application(s), store %s",
+                    ", ".join(http_urls), zmq_endpoint or "off", len(settings.applications),
+                    "cassandra" if settings.cassandra.enabled else "sqlite",
+                )
+                task_status.started(SidecarHandle(runtime, http_urls, zmq_endpoint, stop_requested.set))
+                await stop_requested.wait()
+                systemd.notify_stopping()
+                logger.info("stopping: %d push(es) in flight", runtime.dispatcher.in_flight)
+                with trio.move_on_after(STOP_GRACE_SECONDS):
+                    while runtime.dispatcher.in_flight:
+                        await trio.sleep(0.05)
+                    # Pushes are done; let the HTTP server write their answers
+                    # (it returns once its requests are answered).
+                    await http_done.wait()
+                await services.aclose()
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await store.aclose()
     logger.info("stopped")
+
+
+@contextlib.contextmanager
+def _unwrap_config_error() -> Iterator[None]:
+    """Raise a ConfigError from the nursery as itself, not in an ExceptionGroup,
+    so callers (``run_daemon``: exit 2) can catch it with a plain ``except``."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        errors, rest = group.split(ConfigError)
+        if errors is None or rest is not None:
+            raise
+        problems = [p for exc in _leaves(errors) for p in exc.problems]
+        raise ConfigError(problems) from group
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[Any]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 def _override(settings: Settings, *, ip: str | None, port: int | None) -> Settings:
@@ -209,7 +240,18 @@ def _override(settings: Settings, *, ip: str | None, port: int | None) -> Settin
     return dataclasses.replace(settings, **changes)
 
 
-async def _serve_http(app: Any, settings: Settings, stop_requested: trio.Event, *, task_status) -> None:
+async def _serve_http(app: Any, settings: Settings, stop_requested: trio.Event, done: trio.Event,
+                      *, task_status) -> None:
+    """Serve the HTTP API until ``stop_requested``; set ``done`` once every
+    request was answered (or it failed)."""
+    try:
+        await _serve_http_until_stopped(app, settings, stop_requested, task_status=task_status)
+    finally:
+        done.set()
+
+
+async def _serve_http_until_stopped(app: Any, settings: Settings, stop_requested: trio.Event,
+                                    *, task_status) -> None:
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
@@ -227,14 +269,14 @@ async def _serve_http(app: Any, settings: Settings, stop_requested: trio.Event, 
 
 
 async def _handle_signals(
-    runtime: Runtime, config_dir: Path, stop_requested: trio.Event, log_handle: Any
+    watcher: ConfigWatcher, stop_requested: trio.Event, log_handle: Any
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 if log_handle is not None:
                     log_handle.reopen()  # logrotate moved the file
-                reload_config(runtime, config_dir, reason="SIGHUP")
+                await watcher.reload(reason="SIGHUP")
             else:
                 logger.info("received %s", signal.Signals(signum).name)
                 stop_requested.set()
@@ -253,6 +295,13 @@ def reload_config(runtime: Runtime, config_dir: Path, *, reason: str) -> bool:
         runtime.metrics.config_reload(False)
         systemd.notify_ready()
         return False
+    problems = _credential_problems(runtime, settings)
+    if problems:
+        logger.error("reload (%s) rejected, keeping the running configuration:\n  %s",
+                     reason, "\n  ".join(problems))
+        runtime.metrics.config_reload(False)
+        systemd.notify_ready()
+        return False
     current = runtime.settings
     settings = _override(settings, ip=current.host, port=current.port)
     runtime.apply_settings(settings, app_types)
@@ -260,6 +309,23 @@ def reload_config(runtime: Runtime, config_dir: Path, *, reason: str) -> bool:
     systemd.notify_ready()
     logger.info("configuration reloaded (%s): %d application(s)", reason, len(settings.applications))
     return True
+
+
+def _credential_problems(runtime: Runtime, settings: Settings) -> list[str]:
+    """Build the services of new or changed applications now, as start-up
+    does, so unusable credentials reject the reload instead of failing pushes."""
+    from .pns.base import PushServiceConfigError
+
+    problems = []
+    running = runtime.settings.applications
+    for key, app in settings.applications.items():
+        if running.get(key) == app:
+            continue
+        try:
+            runtime.services.validate(app)
+        except PushServiceConfigError as exc:
+            problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
+    return problems
 
 
 def run_daemon(config_dir: str | None, *, ip: str | None, port: int | None, debug: bool) -> int:
@@ -334,21 +400,57 @@ def _watched_files(settings: Settings, config_dir: Path) -> set[Path]:
     return files
 
 
-async def _watch_config(runtime: Runtime, config_dir: Path) -> None:
-    """Poll the config and credential files; reload when one changes.
+class ConfigWatcher:
+    """Reloads the configuration when its files change, on a poll or on SIGHUP.
 
-    Polling (every couple of seconds, a few stat calls) is portable and
-    cheap; inotify would add a dependency for no gain at this scale.
+    Both paths share the files' last seen stamps, so a SIGHUP after a key was
+    replaced also retires the services using that key (the new one is in
+    force when the reload is logged), and the next poll does not reload again.
     """
-    stamps = await trio.to_thread.run_sync(_file_stamps, _watched_files(runtime.settings, config_dir))
-    while True:
-        await trio.sleep(CONFIG_POLL_SECONDS)
-        current = await trio.to_thread.run_sync(_file_stamps, _watched_files(runtime.settings, config_dir))
-        changed = {path for path in current.keys() | stamps.keys() if current.get(path) != stamps.get(path)}
-        if not changed:
-            continue
-        stamps = current
-        if reload_config(runtime, config_dir, reason="changed: " + ", ".join(sorted(p.name for p in changed))):
+
+    def __init__(self, runtime: Runtime, config_dir: Path):
+        self._runtime = runtime
+        self._config_dir = config_dir
+        self._stamps: dict[Path, tuple[float, int] | None] = {}
+        self._lock = trio.Lock()  # one reload at a time (poll vs. SIGHUP)
+
+    async def remember_files(self) -> None:
+        """Take the stamps of the files in use now (call at start-up)."""
+        files = _watched_files(self._runtime.settings, self._config_dir)
+        self._stamps = await trio.to_thread.run_sync(_file_stamps, files)
+
+    async def reload(self, reason: str | None = None) -> bool:
+        """Reload if a file changed, or always when ``reason`` is given.
+
+        Returns:
+          True if a new configuration is in force.
+        """
+        async with self._lock:
+            runtime = self._runtime
+            files = _watched_files(runtime.settings, self._config_dir)
+            current = await trio.to_thread.run_sync(_file_stamps, files | self._stamps.keys())
+            changed = {p for p in current if current[p] != self._stamps.get(p)}
+            if reason is None:
+                if not changed:
+                    return False
+                reason = "changed: " + ", ".join(sorted(p.name for p in changed))
+            self._stamps = current
+            if not reload_config(runtime, self._config_dir, reason=reason):
+                return False
             runtime.services.retire_using(changed)
-            stamps = await trio.to_thread.run_sync(
-                _file_stamps, _watched_files(runtime.settings, config_dir))
+            # The new configuration may name other files: stamp those too,
+            # keeping the stamps just read (a change since then is seen next time).
+            files = _watched_files(runtime.settings, self._config_dir)
+            added = await trio.to_thread.run_sync(_file_stamps, files - current.keys())
+            self._stamps = {p: current[p] for p in files & current.keys()} | added
+            return True
+
+    async def watch(self) -> None:
+        """Poll the config and credential files; reload when one changes.
+
+        Polling (every couple of seconds, a few stat calls) is portable and
+        cheap; inotify would add a dependency for no gain at this scale.
+        """
+        while True:
+            await trio.sleep(CONFIG_POLL_SECONDS)
+            await self.reload()

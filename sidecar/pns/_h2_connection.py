@@ -26,11 +26,14 @@ so it cannot be interrupted and needs no shield; the writer sends it.
 
 Failure rules (see :mod:`sidecar.pns._h2_errors`): the first transport error
 closes the connection and fails every pending stream with it.  A GOAWAY fails
-streams above ``last_stream_id`` as never processed (resendable) and the
-unanswered ones at or below it as processed-without-answer (not resendable).
-h2 refuses every frame after a GOAWAY, in either direction, so streams at or
-below ``last_stream_id`` cannot finish after it and the connection closes at
-once (RFC 9113 section 6.8).
+streams above ``last_stream_id`` at once as never processed (resendable).  The
+server still owes the answers of the streams at or below it (RFC 9113 section
+6.8), so the connection stops taking new streams, keeps reading, delivers
+those answers as they come and closes when the last one has ended.  h2 would
+refuse every frame after a GOAWAY; :class:`ClientH2Connection` keeps its state
+machine open for them.  If the connection ends before such an answer, that
+stream fails as processed-without-answer (:class:`NoResponseAfterGoaway`,
+never resent: a VoIP push would ring twice).
 """
 
 from __future__ import annotations
@@ -353,7 +356,8 @@ class Http2Connection:
         del self._streams[record.stream_id]
         if self._state is ConnectionState.CLOSED:
             return
-        if not (record.local_ended and record.done.is_set() and record.error is None):
+        beyond_goaway = self._goaway is not None and record.stream_id > self._goaway[0]
+        if not beyond_goaway and not (record.local_ended and record.done.is_set() and record.error is None):
             try:
                 self._h2.reset_stream(record.stream_id, h2.errors.ErrorCodes.CANCEL)
             except h2.exceptions.H2Error:
@@ -361,7 +365,12 @@ class Http2Connection:
             else:
                 self._wake_writer()
         if self._state is ConnectionState.DRAINING and not self._streams:
-            self._close("drained", ConnectionLost, routine=True)
+            self._close(self._drained_reason(), ConnectionLost, routine=True)
+
+    def _drained_reason(self) -> str:
+        if self._goaway is None:
+            return "drained"
+        return f"drained after GOAWAY (last_stream_id {self._goaway[0]}, error_code {self._goaway[1]})"
 
     def _not_available(self) -> ConnectionNotAvailable:
         return ConnectionNotAvailable(
@@ -388,9 +397,16 @@ class Http2Connection:
             return
         self._state = ConnectionState.CLOSED
         self._close_reason = reason
-        for record in self._streams.values():
+        for stream_id, record in self._streams.items():
             if not record.done.is_set():
-                record.error = error_type(f"{self._name}: {reason}")
+                if self._goaway is not None and stream_id <= self._goaway[0]:
+                    # Promised processed by the GOAWAY: its answer is lost, not its push.
+                    record.error = NoResponseAfterGoaway(
+                        f"{self._name}: stream {stream_id} unanswered after GOAWAY "
+                        f"(last_stream_id {self._goaway[0]}): {reason}"
+                    )
+                else:
+                    record.error = error_type(f"{self._name}: {reason}")
                 record.error.__cause__ = cause
                 record.done.set()
         # Wake everyone who waits for something this connection will never give.
@@ -563,9 +579,13 @@ class Http2Connection:
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
         last = event.last_stream_id or 0
+        if self._goaway is not None:
+            last = min(last, self._goaway[0])  # a later GOAWAY may only lower it
         code = int(event.error_code or 0)
         self._goaway = (last, code)
         detail = (event.additional_data or b"")[:200].decode("utf-8", "replace")
+        reason = f"GOAWAY error_code={code} last_stream_id={last} {detail}".rstrip()
+        awaited = 0
         for stream_id, record in self._streams.items():
             if record.done.is_set():
                 continue
@@ -573,13 +593,21 @@ class Http2Connection:
                 record.error = ConnectionNotAvailable(
                     f"{self._name}: GOAWAY: stream {stream_id} above last_stream_id {last}, not processed"
                 )
+                record.done.set()
+                if record.window_open is not None:
+                    record.window_open.set()  # its body sender must stop waiting
             else:
-                record.error = NoResponseAfterGoaway(
-                    f"{self._name}: GOAWAY (last_stream_id {last}) before the answer on stream {stream_id}"
-                )
-            record.done.set()
-        self._close(
-            f"GOAWAY error_code={code} last_stream_id={last} {detail}".rstrip(),
-            ConnectionNotAvailable,
-            routine=code == h2.errors.ErrorCodes.NO_ERROR,
+                awaited += 1
+        self._window_waiters.unpark_all()
+        routine = code == h2.errors.ErrorCodes.NO_ERROR
+        if not awaited:
+            self._close(reason, ConnectionNotAvailable, routine=routine)
+            return
+        # No new streams; close once the answers at or below last_stream_id are in
+        # (or fail them with NoResponseAfterGoaway if the connection ends first).
+        if self._state is ConnectionState.ACTIVE:
+            self._state = ConnectionState.DRAINING
+        self._close_reason = reason
+        (logger.info if routine else logger.warning)(
+            "http2 %s: %s; waiting for %d answer(s)", self._name, reason, awaited
         )

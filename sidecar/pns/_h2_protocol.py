@@ -68,6 +68,22 @@ class ClientH2Connection(h2.connection.H2Connection):
         self._count_open = count_open
         self._until_prune = _PRUNE_EVERY
 
+    def _receive_goaway_frame(self, frame):  # type: ignore[no-untyped-def]
+        """Let answers to streams at or below ``last_stream_id`` in after GOAWAY.
+
+        h2 moves its state machine to CLOSED on a received GOAWAY and then
+        refuses every later frame with ProtocolError, also the HEADERS and
+        DATA the server still sends for the streams it promised to process
+        (RFC 9113 section 6.8).  Going back to CLIENT_OPEN here, inside
+        ``receive_data``, also covers answers that arrive in the same read
+        as the GOAWAY.  :class:`Http2Connection` opens no stream afterwards.
+        """
+        was_open = self.state_machine.state is h2.connection.ConnectionState.CLIENT_OPEN
+        frames, events = super()._receive_goaway_frame(frame)
+        if was_open:
+            self.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        return frames, events
+
     @property
     def open_outbound_streams(self) -> int:
         self._until_prune -= 1

@@ -60,8 +60,12 @@ def load_plugin_classes(folder: Path | None, base: type) -> dict[str, type]:
     return found
 
 
-def builtin_factories(*, debug_hpack: bool = False) -> dict[str, ServiceFactory]:
-    """Factories of the built-in services, sharing one JWT cache per process."""
+def builtin_factories(*, debug_hpack: bool = False, state_dir: Path | None = None) -> dict[str, ServiceFactory]:
+    """Factories of the built-in services, sharing one JWT cache per process.
+
+    ``state_dir`` (the spool dir) keeps APNs tokens across restarts, so a
+    restart does not earn 429 TooManyProviderTokenUpdates; None: memory only.
+    """
     from .apns import ApnsService
     from .apns_auth import ApnsTokenCache
     from .fcm import FcmService
@@ -69,7 +73,7 @@ def builtin_factories(*, debug_hpack: bool = False) -> dict[str, ServiceFactory]
 
     # One JWT per (team, key) and one OAuth token per service account, for
     # every application and connection of the process.
-    token_cache = ApnsTokenCache()
+    token_cache = ApnsTokenCache(state_dir=state_dir)
     oauth_cache = OAuthTokenCache()
 
     def apple(app: AppConfig, nursery: trio.Nursery) -> PushService:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import jwt
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from sidecar.pns.apns_auth import ApnsJwtProvider, ApnsTokenCache, load_apns_signing_key
+from sidecar.pns.apns_auth import TOKEN_FILE_NAME, ApnsJwtProvider, ApnsTokenCache, load_apns_signing_key
 from sidecar.pns.base import PushServiceConfigError
 
 
@@ -99,3 +101,76 @@ def test_unusable_key_files_are_named(tmp_path):
         load_apns_signing_key(rsa_file)
     with pytest.raises(PushServiceConfigError, match="missing.p8"):
         ApnsTokenCache().provider("TEAM", "KID", tmp_path / "missing.p8")
+
+
+# ---- tokens kept across restarts (state_dir) ----------------------------------
+
+
+async def test_two_caches_on_one_state_dir_share_the_token(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="sidecar")
+    write_p8(tmp_path / "AuthKey.p8")
+    state = tmp_path / "spool"
+    wall = [1_700_000_000.0]
+    before_restart = ApnsTokenCache(state_dir=state, wall_clock=lambda: wall[0])
+    first = before_restart.provider("TEAM", "KID", tmp_path / "AuthKey.p8").token()
+    stored = state / TOKEN_FILE_NAME
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in state.iterdir()] == [TOKEN_FILE_NAME]  # no temporary left behind
+    wall[0] += 10 * 60  # restarted ten minutes later
+    after_restart = ApnsTokenCache(state_dir=state, wall_clock=lambda: wall[0])
+    provider = after_restart.provider("TEAM", "KID", tmp_path / "AuthKey.p8")
+    assert provider.token() == first
+    assert provider.renewals == 0
+    # Another key id in the same folder gets its own token and keeps the first.
+    other = after_restart.provider("TEAM", "KID2", tmp_path / "AuthKey.p8").token()
+    assert other != first
+    assert ApnsTokenCache(state_dir=state, wall_clock=lambda: wall[0]).provider(
+        "TEAM", "KID", tmp_path / "AuthKey.p8").token() == first
+    assert "reusing the stored APNs token" in caplog.text
+    assert first not in caplog.text and other not in caplog.text  # never logged
+
+
+async def test_stored_token_is_replaced_after_max_age(tmp_path, autojump_clock):
+    write_p8(tmp_path / "AuthKey.p8")
+    state = tmp_path / "spool"
+    wall = [1_700_000_000.0]
+    old = ApnsTokenCache(state_dir=state, max_age=30 * 60, wall_clock=lambda: wall[0])
+    first = old.provider("TEAM", "KID", tmp_path / "AuthKey.p8").token()
+    wall[0] += 30 * 60  # the stored token is max_age old: not reused
+    new_cache = ApnsTokenCache(state_dir=state, max_age=30 * 60, wall_clock=lambda: wall[0])
+    second = new_cache.provider("TEAM", "KID", tmp_path / "AuthKey.p8").token()
+    assert second != first
+    assert jwt.decode(second, options={"verify_signature": False})["iat"] == int(wall[0])
+    assert (state / TOKEN_FILE_NAME).stat().st_mode & 0o777 == 0o600
+    # The file now holds the new token: a third process adopts it...
+    wall[0] += 60
+    third = ApnsTokenCache(state_dir=state, max_age=30 * 60, wall_clock=lambda: wall[0])
+    provider = third.provider("TEAM", "KID", tmp_path / "AuthKey.p8")
+    assert provider.token() == second
+    # ...and renews it when its remaining life (29 minutes) is over, on the trio clock.
+    await trio.sleep(29 * 60 - 1)
+    assert provider.token() == second
+    await trio.sleep(1)
+    assert provider.token() != second
+
+
+async def test_stored_token_of_another_key_or_a_corrupt_file_is_ignored(tmp_path):
+    write_p8(tmp_path / "a.p8")
+    write_p8(tmp_path / "b.p8")
+    state = tmp_path / "spool"
+    from_a = ApnsTokenCache(state_dir=state).provider("TEAM", "KID", tmp_path / "a.p8").token()
+    # Same team and key id, different key file: the stored token does not verify.
+    from_b = ApnsTokenCache(state_dir=state).provider("TEAM", "KID", tmp_path / "b.p8").token()
+    assert from_b != from_a
+    (state / TOKEN_FILE_NAME).write_text("{not json")
+    fresh = ApnsTokenCache(state_dir=state).provider("TEAM", "KID", tmp_path / "b.p8")
+    assert fresh.token() not in (from_a, from_b)
+    assert (state / TOKEN_FILE_NAME).read_text().startswith("{")  # rewritten cleanly
+
+
+async def test_unwritable_state_dir_does_not_stop_sending(tmp_path):
+    write_p8(tmp_path / "AuthKey.p8")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    provider = ApnsTokenCache(state_dir=blocker).provider("TEAM", "KID", tmp_path / "AuthKey.p8")
+    assert provider.token()  # the write failed (logged), the token is still usable

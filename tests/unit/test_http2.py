@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
+from hyperframe.frame import GoAwayFrame
 
 from h2_fake_server import FakeH2Server, FakeRequest, ServerConnection, memory_connector, serve_tls
 from sidecar.pns._h2_limiter import StreamLimiter
@@ -138,24 +139,34 @@ async def test_stream_limiter_shrinks_and_grows_without_barging():
 # ---- GOAWAY ----------------------------------------------------------------
 
 
+def send_goaway_frame(conn: ServerConnection, last_stream_id: int, error_code: int = 0) -> bytes:
+    """A GOAWAY written by hand after h2's pending output, leaving the server's
+    h2 open so it can still answer the streams it promised (as APNs does)."""
+    return conn.h2.data_to_send() + GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code).serialize()
+
+
+async def hold_twenty(nursery, conn: Http2Connection, holder: "Holder", outcomes: dict) -> None:
+    async def one(i: int) -> None:
+        try:
+            outcomes[i] = (await conn.request("POST", "/", [], b"%d" % i)).status
+        except Exception as exc:  # noqa: BLE001 - the test inspects the type
+            outcomes[i] = exc
+
+    for i in range(20):
+        nursery.start_soon(one, i)
+    await trio.sleep(1)
+    assert len(holder.held) == 20
+
+
 async def test_goaway_fails_streams_above_last_stream_id_as_retryable(autojump_clock):
-    # Hold 20 requests, answer a few at or below last_stream_id, then GOAWAY.
+    # Hold 20 requests, answer 5 at or below last_stream_id, then GOAWAY; the
+    # other 5 at or below it are never answered: the server just closes.
     holder = Holder()
     server = FakeH2Server(handler=holder)
     outcomes: dict[int, object] = {}
     async with trio.open_nursery() as nursery:
         conn = await connect(server, nursery)
-
-        async def one(i: int) -> None:
-            try:
-                outcomes[i] = (await conn.request("POST", "/", [], b"%d" % i)).status
-            except Exception as exc:  # noqa: BLE001 - the test inspects the type
-                outcomes[i] = exc
-
-        for i in range(20):
-            nursery.start_soon(one, i)
-        await trio.sleep(1)
-        assert len(holder.held) == 20
+        await hold_twenty(nursery, conn, holder, outcomes)
         server_conn = holder.held[0][0]
         ids = sorted(request.stream_id for _, request in holder.held)
         last = ids[9]
@@ -163,11 +174,14 @@ async def test_goaway_fails_streams_above_last_stream_id_as_retryable(autojump_c
         for _, request in holder.held:
             if request.stream_id in answered:
                 server_conn.respond_ok(request)
-        server_conn.goaway(last)
-        await server_conn.flush()
+        await server_conn.stream.send_all(send_goaway_frame(server_conn, last))
+        await trio.sleep(1)
+        assert conn.goaway == (last, 0)
+        assert not conn.is_available() and not conn.is_closed()  # still owed 5 answers
+        assert len(outcomes) == 15  # 5 answered + 10 refused at once
+        await server_conn.stream.aclose()
         await trio.sleep(1)
     assert conn.is_closed() and not conn.is_available()
-    assert conn.goaway == (last, 0)
     by_stream = {request.stream_id: outcomes[int(request.body)] for _, request in holder.held}
     for stream_id, outcome in by_stream.items():
         if stream_id in answered:
@@ -178,6 +192,84 @@ async def test_goaway_fails_streams_above_last_stream_id_as_retryable(autojump_c
             assert isinstance(outcome, ConnectionNotAvailable), (stream_id, outcome)
     assert sum(isinstance(o, ConnectionNotAvailable) for o in by_stream.values()) == 10
     assert sum(isinstance(o, NoResponseAfterGoaway) for o in by_stream.values()) == 5
+    # No RST_STREAM for the streams the server promised to ignore.
+    assert not [s for s, _ in server.client_resets if s > last]
+
+
+async def test_answers_after_goaway_are_delivered(autojump_clock):
+    # GOAWAY first, answers at or below last_stream_id afterwards (one of them
+    # in the same write as the GOAWAY): h2 must not refuse them.
+    holder = Holder()
+    server = FakeH2Server(handler=holder)
+    outcomes: dict[int, object] = {}
+    async with trio.open_nursery() as nursery:
+        conn = await connect(server, nursery)
+        await hold_twenty(nursery, conn, holder, outcomes)
+        server_conn = holder.held[0][0]
+        held = sorted(holder.held, key=lambda item: item[1].stream_id)
+        last = held[9][1].stream_id
+        frames = send_goaway_frame(server_conn, last)
+        server_conn.respond_ok(held[0][1])
+        await server_conn.stream.send_all(frames + server_conn.h2.data_to_send())
+        await trio.sleep(1)
+        assert conn.statistics()["state"] == "draining"
+        for _, request in held[1:10]:
+            server_conn.respond_ok(request)
+            await server_conn.flush()
+            await trio.sleep(0.1)
+        await trio.sleep(1)
+        # Every owed answer came: the connection closed itself, without an error.
+        assert conn.is_closed()
+        assert "drained after GOAWAY" in conn.statistics()["close_reason"]
+    by_stream = {request.stream_id: outcomes[int(request.body)] for _, request in held}
+    assert [by_stream[r.stream_id] for _, r in held[:10]] == [200] * 10
+    assert all(isinstance(by_stream[r.stream_id], ConnectionNotAvailable) for _, r in held[10:])
+    assert sorted(server.processed.values()) == [1] * 10
+
+
+async def test_endpoint_delivers_answers_after_goaway_exactly_once(autojump_clock):
+    # The first connection GOAWAYs at the middle of 40 held streams and answers
+    # the processed ones only afterwards; the rest go to a second connection.
+    goaway_sent = trio.Event()
+
+    def handler(conn: ServerConnection, request: FakeRequest) -> None:
+        if conn is not server.connections[0]:
+            conn.respond_ok(request)
+            return
+        conn.held.append(request)
+        if len(conn.held) == 40:
+            goaway_sent.set()
+
+    server = FakeH2Server(handler=handler)
+    bodies = [b"push-%d" % i for i in range(100)]
+    statuses: list[int] = []
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            endpoint = Http2Endpoint(memory_connector(server), nursery, name="fake")
+
+            async def one(body: bytes) -> None:
+                statuses.append((await endpoint.request("POST", "/", [], body)).status)
+
+            async def server_side() -> None:
+                await goaway_sent.wait()
+                first = server.connections[0]
+                last = sorted(r.stream_id for r in first.held)[19]
+                await first.stream.send_all(send_goaway_frame(first, last))
+                await trio.sleep(2)  # the answers follow the GOAWAY
+                for held in first.held:
+                    if held.stream_id <= last:
+                        first.respond_ok(held)
+                await first.flush()
+
+            nursery.start_soon(server_side)
+            async with trio.open_nursery() as requests:
+                for body in bodies:
+                    requests.start_soon(one, body)
+            stats = endpoint.statistics()
+            await endpoint.aclose()
+    assert statuses == [200] * 100
+    assert server.processed == {body: 1 for body in bodies}  # each exactly once
+    assert stats["connects"] == 2 and stats["resends"] >= 20
 
 
 async def test_endpoint_resends_only_unprocessed_streams_after_goaway(autojump_clock):
