@@ -35,27 +35,21 @@ logger = logging.getLogger("sidecar.service")
 STOP_GRACE_SECONDS = 5.0
 
 
-def plugin_platforms(settings_dir_hint: Path | None) -> dict[str, type[PushService]]:
-    return load_plugin_classes(settings_dir_hint, PushService)
-
-
 def load_all(config_dir: Path) -> tuple[Settings, dict[str, AppType], dict[str, type[PushService]]]:
     """Load settings and plugins together, so applications can name plugin
     platforms and app types.  Raises ConfigError."""
     # Plugins live in folders named by general.ini, so read it twice: once
     # leniently to find the folders, then strictly with the plugin names.
-    from .pns.registry import PluginError
+    from .plugins import PluginError
 
     try:
         probe = load_settings(config_dir, pns_names=_ANY, app_type_names=None)
     except ConfigError:
         probe = None
     try:
-        pns_plugins = load_plugin_classes(probe.extra_pns_dir if probe else None, PushService)
+        pns_plugins = load_plugin_classes(probe.extra_pns_dir if probe else None)
         app_types = load_app_types(probe.extra_applications_dir if probe else None)
     except PluginError as exc:
-        raise ConfigError([str(exc)]) from exc
-    except Exception as exc:  # the app-type loader raises its own error type
         raise ConfigError([str(exc)]) from exc
     pns_names = {"apple", "firebase", *pns_plugins}
     settings = load_settings(config_dir, pns_names=pns_names, app_type_names=set(app_types))

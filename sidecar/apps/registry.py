@@ -8,12 +8,9 @@ more :class:`~sidecar.apps.base.AppType` subclasses with a non-empty
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
-import sys
 from pathlib import Path
-from types import ModuleType
 
+from ..plugins import PluginError, defined_subclasses, import_plugin, plugin_files
 from .base import AppType
 from .linphone import LinphoneAppType
 from .sylk import SylkAppType
@@ -25,8 +22,8 @@ BUILTIN_APP_TYPES: tuple[type[AppType], ...] = (SylkAppType, LinphoneAppType)
 _PLUGIN_PACKAGE = "sidecar_app_plugins"
 
 
-class AppTypeLoadError(Exception):
-    """A plugin file could not be loaded; the message names the file."""
+class AppTypeLoadError(PluginError):
+    """An app-type plugin could not be loaded; the message names the file."""
 
 
 def load_app_types(extra_dir: Path | None) -> dict[str, AppType]:
@@ -41,13 +38,14 @@ def load_app_types(extra_dir: Path | None) -> dict[str, AppType]:
     """
     app_types: dict[str, AppType] = {cls.name: cls() for cls in BUILTIN_APP_TYPES}
     origins = {name: "built-in" for name in app_types}
-    if extra_dir is None or not extra_dir.is_dir():
-        return app_types
-    for path in sorted(extra_dir.glob("*.py")):
-        if path.name.startswith("_"):
-            continue
-        module = _import_plugin(path)
-        for cls in _app_type_classes(module):
+    for path in plugin_files(extra_dir):
+        try:
+            module = import_plugin(path, _PLUGIN_PACKAGE)
+        except PluginError as exc:
+            raise AppTypeLoadError(str(exc)) from exc
+        for cls in defined_subclasses(module, AppType):
+            if not cls.name:
+                continue
             if cls.name in app_types:
                 raise AppTypeLoadError(
                     f"{path}: app type {cls.name!r} is already defined ({origins[cls.name]})"
@@ -60,33 +58,3 @@ def load_app_types(extra_dir: Path | None) -> dict[str, AppType]:
                 ) from exc
             origins[cls.name] = str(path)
     return app_types
-
-
-def _import_plugin(path: Path) -> ModuleType:
-    module_name = f"{_PLUGIN_PACKAGE}.{path.stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise AppTypeLoadError(f"{path}: not an importable Python file")
-    module = importlib.util.module_from_spec(spec)
-    # Registered before running it: dataclasses and typing look modules up there.
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[module_name]
-        raise AppTypeLoadError(
-            f"{path}: cannot load app type plugin: {type(exc).__name__}: {exc}"
-        ) from exc
-    return module
-
-
-def _app_type_classes(module: ModuleType) -> list[type[AppType]]:
-    """AppType subclasses *defined* in ``module`` (imported ones are skipped)."""
-    return [
-        cls
-        for _, cls in inspect.getmembers(module, inspect.isclass)
-        if issubclass(cls, AppType)
-        and cls.__module__ == module.__name__
-        and cls.name
-        and not inspect.isabstract(cls)
-    ]

@@ -10,16 +10,14 @@ constructed as ``cls(app, nursery)``: ``app`` is the application's
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import logging
-import sys
 from pathlib import Path
 from typing import Callable
 
 import trio
 
 from ..config import AppConfig
+from ..plugins import PluginError, defined_subclasses, import_plugin, plugin_files
 from .base import PushService, PushServiceConfigError
 
 logger = logging.getLogger("sidecar.pns")
@@ -27,36 +25,18 @@ logger = logging.getLogger("sidecar.pns")
 ServiceFactory = Callable[[AppConfig, trio.Nursery], PushService]
 
 
-class PluginError(Exception):
-    """A plugin file could not be loaded; the message names the file."""
+def load_plugin_classes(folder: Path | None) -> dict[str, type[PushService]]:
+    """Push-service plugins of ``folder`` by platform name.
 
-
-def load_plugin_classes(folder: Path | None, base: type) -> dict[str, type]:
-    """Import every ``*.py`` in ``folder`` and collect subclasses of ``base``.
-
-    The name of a class is its ``name`` attribute (app types) or ``platform``
-    attribute (push services).  Shared by app-type and push-service plugins.
+    Raises:
+        PluginError: a file failed to import, or a class has no ``platform``.
     """
-    found: dict[str, type] = {}
-    if folder is None or not folder.is_dir():
-        return found
-    attribute = "platform" if base is PushService else "name"
-    for path in sorted(folder.glob("*.py")):
-        module_name = f"sidecar_plugin_{base.__name__.lower()}_{path.stem}"
-        try:
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            assert spec and spec.loader
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            raise PluginError(f"{path}: cannot load plugin: {type(exc).__name__}: {exc}") from exc
-        for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, base) and cls is not base and cls.__module__ == module_name:
-                name = getattr(cls, attribute, "")
-                if not name:
-                    raise PluginError(f"{path}: class {cls.__name__} has no {attribute!r} name")
-                found[name] = cls
+    found: dict[str, type[PushService]] = {}
+    for path in plugin_files(folder):
+        for cls in defined_subclasses(import_plugin(path, "sidecar_pns_plugins"), PushService):
+            if not cls.platform:
+                raise PluginError(f"{path}: class {cls.__name__} has no 'platform' name")
+            found[cls.platform] = cls
     return found
 
 

@@ -78,13 +78,13 @@ def make_push(token: str = "device-1") -> Push:
 
 
 def test_sample_plugin_is_found_by_its_platform_name():
-    classes = load_plugin_classes(PNS_DIR, PushService)
+    classes = load_plugin_classes(PNS_DIR)
     assert set(classes) == {"webhook"}
     assert issubclass(classes["webhook"], PushService)
 
 
 async def test_sample_plugin_delivers_the_payload(webhook, nursery):
-    cls = load_plugin_classes(PNS_DIR, PushService)["webhook"]
+    cls = load_plugin_classes(PNS_DIR)["webhook"]
     service = cls(app_config(webhook_url=f"http://127.0.0.1:{webhook.port}/notify"), nursery)
     note = Notification({"x-priority": "high"}, {"event": "incoming_session", "call-id": "call-9"})
     result = await service.send(make_push(), note)
@@ -100,7 +100,7 @@ async def test_sample_plugin_delivers_the_payload(webhook, nursery):
 
 
 async def test_sample_plugin_through_the_registry_maps_answers(webhook, nursery):
-    plugins = load_plugin_classes(PNS_DIR, PushService)
+    plugins = load_plugin_classes(PNS_DIR)
     services = PushServices(nursery, dict(plugins))  # plugins are factories: cls(app, nursery)
     app = app_config(webhook_url=f"http://127.0.0.1:{webhook.port}/notify", webhook_timeout="2")
     service = services.service_for(app)
@@ -119,7 +119,7 @@ async def test_sample_plugin_unreachable_is_retry(nursery):
     with trio.socket.socket() as unused:
         await unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    cls = load_plugin_classes(PNS_DIR, PushService)["webhook"]
+    cls = load_plugin_classes(PNS_DIR)["webhook"]
     service = cls(app_config(webhook_url=f"http://127.0.0.1:{port}/"), nursery)
     result = await service.send(make_push(), Notification({}, {}))
     await service.aclose()
@@ -135,6 +135,6 @@ async def test_sample_plugin_unreachable_is_retry(nursery):
     ],
 )
 async def test_sample_plugin_checks_its_options(nursery, extra, message):
-    cls = load_plugin_classes(PNS_DIR, PushService)["webhook"]
+    cls = load_plugin_classes(PNS_DIR)["webhook"]
     with pytest.raises(PushServiceConfigError, match=message):
         cls(app_config(**extra), nursery)
