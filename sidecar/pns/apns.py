@@ -14,7 +14,6 @@ reported REJECTED (reason ``NoResponseAfterGoaway``) so it is never resent.
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import json
 import logging
@@ -27,13 +26,12 @@ import trio
 from ..config import AppConfig
 from ..model import Push
 from .apns_auth import ApnsJwtProvider, ApnsTokenCache
+from ._answers import failure_result, parse_retry_after
 from .base import Notification, PushService, PushServiceConfigError, SendResult, Verdict
 from .http2 import (
     Connector,
     Http2Endpoint,
     Http2Error,
-    InvalidRequest,
-    NoResponseAfterGoaway,
     Response,
     open_http2_connection,
 )
@@ -69,25 +67,6 @@ def classify_apns(status: int, reason: str) -> Verdict:
     return Verdict.RETRY if status >= 500 else Verdict.REJECTED
 
 
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta seconds or HTTP date).
-
-    ``now`` is wall-clock UNIX time.  Returns None when absent or unreadable.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - now, 0.0)
-
-
 def apns_result(response: Response, url: str, now: float) -> SendResult:
     """Turn an APNs response into a SendResult (pure)."""
     status = response.status
@@ -104,16 +83,6 @@ def apns_result(response: Response, url: str, now: float) -> SendResult:
     verdict = classify_apns(status, reason)
     retry_after = parse_retry_after(response.headers.get("retry-after"), now) if verdict is Verdict.RETRY else None
     return SendResult(verdict, status, reason, url, retry_after=retry_after, body=body)
-
-
-def failure_result(exc: Http2Error, url: str) -> SendResult:
-    """The SendResult of a request that got no answer (pure)."""
-    if isinstance(exc, NoResponseAfterGoaway):
-        # APNs processed it or may have: resending could ring the phone twice.
-        return SendResult(Verdict.REJECTED, 0, f"NoResponseAfterGoaway: {exc}", url)
-    if isinstance(exc, InvalidRequest):
-        return SendResult(Verdict.REJECTED, 0, f"InvalidRequest: {exc}", url)
-    return SendResult(Verdict.RETRY, 0, f"{type(exc).__name__}: {exc}", url)
 
 
 def payload_limit(headers: Mapping[str, str]) -> int:

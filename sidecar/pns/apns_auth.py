@@ -57,7 +57,8 @@ def load_apns_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
         raise PushServiceConfigError(f"cannot read APNs key {path}: {exc.strerror or exc}") from exc
     try:
         key = load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError):
+        # "from None": the parser's message may quote the key's bytes.
         raise PushServiceConfigError(f"APNs key {path} is not a PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise PushServiceConfigError(f"APNs key {path} is not a P-256 (ES256) key")

@@ -35,15 +35,13 @@ import trio
 
 from ..config import AppConfig
 from ..model import Push
-from .apns import parse_retry_after
+from ._answers import failure_result, parse_retry_after
 from .base import Notification, PushService, PushServiceConfigError, SendResult, Verdict
 from .fcm_auth import OAuthError, OAuthTokenCache, OAuthTokenProvider
 from .http2 import (
     Connector,
     Http2Endpoint,
     Http2Error,
-    InvalidRequest,
-    NoResponseAfterGoaway,
     Response,
     open_http2_connection,
 )
@@ -163,16 +161,6 @@ def fcm_result(response: Response, url: str, now: float) -> tuple[SendResult, bo
         retry_after = parse_retry_after(response.headers.get("retry-after"), now)
     result = SendResult(judged.verdict, response.status, judged.reason, url, retry_after=retry_after, body=body)
     return result, judged.auth_error
-
-
-def failure_result(exc: Http2Error, url: str) -> SendResult:
-    """The SendResult of a request that got no answer (pure)."""
-    if isinstance(exc, NoResponseAfterGoaway):
-        # FCM processed it or may have: resending could deliver it twice.
-        return SendResult(Verdict.REJECTED, 0, f"NoResponseAfterGoaway: {exc}", url)
-    if isinstance(exc, InvalidRequest):
-        return SendResult(Verdict.REJECTED, 0, f"InvalidRequest: {exc}", url)
-    return SendResult(Verdict.RETRY, 0, f"{type(exc).__name__}: {exc}", url)
 
 
 def send_url(app: AppConfig, project_id: str | None) -> str:

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from h2_fake_server import FakeH2Server, FakeRequest, ServerConnection, memory_connector, serve_tls
 from sidecar.config import AppConfig
 from sidecar.model import Event, Push
-from sidecar.pns.apns import ApnsService, classify_apns, parse_retry_after
+from sidecar.pns._answers import parse_retry_after
+from sidecar.pns.apns import ApnsService, classify_apns
 from sidecar.pns.apns_auth import ApnsTokenCache
 from sidecar.pns.base import Notification, PushServiceConfigError, Verdict
 from sidecar.pns.http2 import ConnectError
