@@ -28,7 +28,7 @@ from sidecar.sim.creds import SimCredentials
 from sidecar.sim.server import Simulator
 from sidecar.store.sqlite import default_path
 
-from sidecar_fixtures import running_sidecar, sidecar_config, sim, sim_credentials  # noqa: F401
+from sidecar_fixtures import running_sidecar, sidecar_config
 from store_fixtures import CassandraNode, TcpProxy, unique_account
 
 VOIP = "a1" * 32

@@ -28,7 +28,7 @@ from sidecar.sim.creds import SimCredentials
 from sidecar.sim.server import Simulator
 from sidecar.wire import Sender, encode_direct
 
-from sidecar_fixtures import TOKEN, sidecar_config, sim, sim_credentials  # noqa: F401
+from sidecar_fixtures import TOKEN, sidecar_config
 
 BIN = Path(sys.executable).parent
 PUSHSIDECAR = str(BIN / "pushsidecar")

@@ -16,7 +16,7 @@ from sidecar.model import session_id
 from sidecar.sim.creds import SimCredentials
 from sidecar.sim.server import Simulator
 
-from sidecar_fixtures import TOKEN, client, running_sidecar, sidecar, sidecar_config, sim, sim_credentials  # noqa: F401
+from sidecar_fixtures import TOKEN, running_sidecar, sidecar_config
 
 
 def sylk_body(creds: SimCredentials, **overrides) -> dict:

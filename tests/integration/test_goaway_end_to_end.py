@@ -17,7 +17,7 @@ import trio
 from sidecar.sim.creds import SimCredentials
 from sidecar.sim.server import Simulator
 
-from sidecar_fixtures import TOKEN, client, sidecar, sim, sim_credentials  # noqa: F401
+from sidecar_fixtures import TOKEN
 
 PUSHES = 200
 PROCESSED = 100  # streams 3, 5, ... 201 on the first connection

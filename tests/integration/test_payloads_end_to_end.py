@@ -23,7 +23,7 @@ from sidecar.model import DEFAULT_TTL, Event, session_id
 from sidecar.sim.creds import SimCredentials
 from sidecar.sim.server import Simulator
 
-from sidecar_fixtures import TOKEN, running_sidecar, sidecar_config, sim, sim_credentials  # noqa: F401
+from sidecar_fixtures import TOKEN, running_sidecar, sidecar_config
 
 EVENTS = ("incoming_session", "incoming_conference_request", "cancel", "message", "transfer")
 CALL_EVENTS = ("incoming_session", "incoming_conference_request")

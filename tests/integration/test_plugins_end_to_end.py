@@ -30,7 +30,7 @@ import trio
 from sidecar.sim.creds import SimCredentials
 from sidecar.sim.server import Simulator
 
-from sidecar_fixtures import TOKEN, running_sidecar, sidecar_config, sim, sim_credentials  # noqa: F401
+from sidecar_fixtures import TOKEN, running_sidecar, sidecar_config
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_PNS = REPO / "config" / "pns" / "sample_pns.py"

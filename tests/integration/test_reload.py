@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sidecar.sim.creds import SimCredentials
 from sidecar.sim.server import Simulator
 
-from sidecar_fixtures import sidecar_config, sim, sim_credentials  # noqa: F401
+from sidecar_fixtures import sidecar_config
 from test_daemon import (
     RELOAD_TIMEOUT, apple_app_id, device_records, metric_value, push_body, records_of_call,
     running_daemon,

@@ -28,7 +28,7 @@ from sidecar.sim.creds import SimCredentials
 from sidecar.sim.server import Simulator
 from sidecar.store.sqlite import SqliteTokenStore, default_path
 
-from sidecar_fixtures import sidecar_config, sim, sim_credentials  # noqa: F401
+from sidecar_fixtures import sidecar_config
 
 REPO = Path(__file__).resolve().parents[2]
 PUSHSIDECAR = Path(sys.executable).with_name("pushsidecar")
