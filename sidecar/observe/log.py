@@ -60,6 +60,12 @@ _SECRET_PATTERNS = [
     r"[\"']?\s*[:=]\s*[\"']?)))(?!\[REDACTED|-----BEGIN)[^\s\"',;)\]}]+",
 ]
 _SECRET_RE = re.compile("|".join(f"(?:{p})" for p in _SECRET_PATTERNS), re.DOTALL)
+# Every pattern above needs one of these (lower-cased) strings: a line with
+# none of them cannot match, so the costly regex is skipped (most push lines).
+_SECRET_HINTS = (
+    "-----begin", "eyj", "ya29.", "1//", "bearer", "key=", "authorization",
+    "access_token", "refresh_token", "id_token", "private_key", "client_secret", "password",
+)
 # Shorter strings would mask ordinary words; secrets are long.
 MIN_SECRET_LENGTH = 8
 
@@ -103,6 +109,9 @@ class SecretRegistry:
         pattern = self._pattern
         if pattern is not None:
             text = pattern.sub(MASK, text)
+        lowered = text.lower()
+        if not any(hint in lowered for hint in _SECRET_HINTS):
+            return text
         return _SECRET_RE.sub(_mask_match, text)
 
 
