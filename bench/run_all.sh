@@ -5,7 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-for bench in bench_apns bench_http_push bench_fcm bench_observe; do
+bash scripts/setup.sh >/dev/null
+# The load generator (wrk) and a fast HTTP/2 responder to show the client's
+# own ceiling (nginx); Debian packages, installed when run as root.
+if [ "$(id -u)" = 0 ] && ! { command -v wrk && command -v nginx; } >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light wrk >/dev/null \
+        || echo "run_all: could not install nginx-light and wrk; those parts are skipped" >&2
+fi
+for bench in bench_apns bench_http_push bench_fcm bench_observe bench_store; do
     echo "=== $bench ==="
     timeout 900 "$PY" "bench/$bench.py"
     echo
