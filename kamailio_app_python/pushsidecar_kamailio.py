@@ -35,11 +35,18 @@ embeds Debian's Python).  The message format comes from the sidecar's own
 The sidecar endpoint is the config's ``PUSHSIDECAR_ENDPOINT`` define (read
 through ``$def``), else ``$PUSHSIDECAR_ENDPOINT``, else
 ``ipc:///run/pushsidecar/push.sock``; ``PUSHSIDECAR_SNDHWM`` likewise.
+
+``$PUSHSIDECAR_BENCH_TIMING=<path>`` (benchmarks only, see
+``bench/bench_kamailio.py``) makes ``mod_init`` return a subclass that times
+``invite_prepare``/``invite_send`` into ``<path>.<pid>``; unset, the handler
+is the plain class and pays nothing for it.
 """
 
 import importlib.util
 import os
+import struct
 import sys
+import time
 from urllib.parse import unquote
 
 import KSR  # provided by app_python3
@@ -256,5 +263,69 @@ class PushSidecar:
             return -1
 
 
+class _TimedPushSidecar(PushSidecar):
+    """Benchmark-only variant, used when ``$PUSHSIDECAR_BENCH_TIMING`` is set.
+
+    For each call it appends one record of seven little-endian int64 to
+    ``<PUSHSIDECAR_BENCH_TIMING>.<pid>``, in nanoseconds: wall time
+    (``perf_counter_ns``) in ``invite_prepare``, in ``invite_send``, in
+    ``Sender.send`` alone and in an empty timed region (the timer's own
+    cost); then thread CPU time (``thread_time_ns``) in ``invite_prepare``,
+    in ``invite_send`` and in an empty region.  The write happens after the
+    timed regions; the normal handler carries none of this.
+    """
+
+    RECORD = struct.Struct("<7q")
+
+    def __init__(self, path):
+        super().__init__()
+        self._timing_path = path
+        self._timing_pid = -1
+        self._timing_fd = -1
+        self._prepare = (0, 0)
+        self._sender_ns = 0
+
+    def _send(self, frame):
+        t0 = time.perf_counter_ns()
+        result = PushSidecar._send(self, frame)
+        self._sender_ns = time.perf_counter_ns() - t0
+        return result
+
+    def invite_prepare(self, msg, arg=None):
+        c0 = time.thread_time_ns()
+        t0 = time.perf_counter_ns()
+        result = PushSidecar.invite_prepare(self, msg, arg)
+        t1 = time.perf_counter_ns()
+        c1 = time.thread_time_ns()
+        self._prepare = (t1 - t0, c1 - c0)
+        return result
+
+    def invite_send(self, msg, arg=None):
+        c0 = time.thread_time_ns()
+        t0 = time.perf_counter_ns()
+        result = PushSidecar.invite_send(self, msg, arg)
+        t1 = time.perf_counter_ns()
+        c1 = time.thread_time_ns()
+        t2 = time.perf_counter_ns()
+        empty = time.perf_counter_ns() - t2
+        c2 = time.thread_time_ns()
+        empty_cpu = time.thread_time_ns() - c2
+        try:
+            pid = os.getpid()
+            if pid != self._timing_pid:  # per process, like the ZeroMQ socket
+                self._timing_fd = os.open("%s.%d" % (self._timing_path, pid),
+                                          os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self._timing_pid = pid
+            os.write(self._timing_fd, self.RECORD.pack(
+                self._prepare[0], t1 - t0, self._sender_ns, empty,
+                self._prepare[1], c1 - c0, empty_cpu))
+        except Exception as exc:
+            KSR.err("pushsidecar: bench timing failed: %r\n" % (exc,))
+        return result
+
+
 def mod_init():
+    timing = os.environ.get("PUSHSIDECAR_BENCH_TIMING")
+    if timing:
+        return _TimedPushSidecar(timing)
     return PushSidecar()

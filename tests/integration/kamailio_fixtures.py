@@ -119,8 +119,13 @@ class Kamailio:
 
 
 def start_kamailio(tmp: Path, *, endpoint: str, wait_ms: int, children: int = 2,
-                   sndhwm: int = 10000) -> Kamailio:
-    """Render the example config and start Kamailio in the foreground; wait until it answers."""
+                   sndhwm: int = 10000, env: dict[str, str] | None = None,
+                   shm_mb: int = 64) -> Kamailio:
+    """Render the example config and start Kamailio in the foreground; wait until it answers.
+
+    ``env`` adds variables to Kamailio's environment (the caller's PUSHSIDECAR_*
+    variables are never passed on; e.g. ``PUSHSIDECAR_BENCH_TIMING`` must come here).
+    """
     run_dir = tmp / "kamailio-run"
     run_dir.mkdir(parents=True, exist_ok=True)
     port = free_udp_port()
@@ -139,11 +144,12 @@ def start_kamailio(tmp: Path, *, endpoint: str, wait_ms: int, children: int = 2,
                            text=True, timeout=30)
     assert check.returncode == 0, f"kamailio -c failed:\n{check.stdout}\n{check.stderr}"
     log_path = run_dir / "kamailio.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSIDECAR_")}
+    kam_env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSIDECAR_")}
+    kam_env.update(env or {})
     process = subprocess.Popen(
         [KAMAILIO, "-f", str(cfg_path), "-DD", "-E", "-Y", str(run_dir),
-         "-P", str(run_dir / "kamailio.pid"), "-m", "64", "-M", "8", "-w", str(run_dir)],
-        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env,
+         "-P", str(run_dir / "kamailio.pid"), "-m", str(shm_mb), "-M", "8", "-w", str(run_dir)],
+        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=kam_env,
     )
     kam = Kamailio(port, endpoint, run_dir, process, log_path)
     try:

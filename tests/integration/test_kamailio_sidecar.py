@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import time
 from pathlib import Path
 
 import msgpack
@@ -35,11 +34,12 @@ from sidecar.sim.server import Simulator
 from sidecar.wire import MAX_FRAME, encode_direct
 
 from kamailio_fixtures import Kamailio, free_udp_port, require_tools, sipp, start_kamailio
-from sidecar_fixtures import running_sidecar, sim, sim_credentials  # noqa: F401
+from sidecar_fixtures import running_sidecar
 
 pytestmark = pytest.mark.kamailio
 
 WAIT_MS = 6000  # long enough for a sipp "phone" to wake up
+TEST_DEADLINE = 90
 VOIP_TOKEN = "ab" * 32  # the simulator accepts hex tokens only
 REMOTE_TOKEN = "cd" * 32
 _users = itertools.count(1)
@@ -88,7 +88,19 @@ def kam(tmp_path_factory):
 
 
 async def in_thread(fn, *args, **kwargs):
-    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+    """Run a blocking sipp wait in a thread (abandoned if the test times out)."""
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
+                                         abandon_on_cancel=True)
+
+
+def bounded(test):
+    """No test of this file may hang: each one fails after TEST_DEADLINE seconds
+    (sidecar shutdown included)."""
+    @functools.wraps(test)
+    async def wrapper(*args, **kwargs):
+        with trio.fail_after(TEST_DEADLINE):
+            return await test(*args, **kwargs)
+    return wrapper
 
 
 async def register(tmp: Path, kamailio: Kamailio, user: str, phone_port: int, pn: str,
@@ -133,6 +145,7 @@ def sipp_call_ids(run) -> set[str]:
     return ids
 
 
+@bounded
 async def test_call_pushes_through_the_sidecar_and_is_answered(
         kam, tmp_path, sim, sim_credentials) -> None:  # noqa: F811
     creds = sim_credentials
@@ -167,6 +180,7 @@ async def test_call_pushes_through_the_sidecar_and_is_answered(
         assert counts[OutcomeKind.DELIVERED] == 1 and sum(counts.values()) == 1
 
 
+@bounded
 async def test_cancel_push_reaches_the_simulator(kam, tmp_path, sim, sim_credentials) -> None:  # noqa: F811
     creds = sim_credentials
     async with running_sidecar(stack_config(tmp_path, creds, sim.port, kam.endpoint)) as handle:
@@ -187,6 +201,7 @@ async def test_cancel_push_reaches_the_simulator(kam, tmp_path, sim, sim_credent
         assert counts[OutcomeKind.DELIVERED] == 2 and sum(counts.values()) == 2
 
 
+@bounded
 async def test_sidecar_down_calls_still_answered_and_queued_pushes_sent_later(
         tmp_path, sim, sim_credentials) -> None:  # noqa: F811
     """Calls made while nothing listens get 110/480 on time; the sidecar, started
@@ -241,6 +256,7 @@ def garbage_frames(creds: SimCredentials) -> list[bytes]:
     return frames * 40
 
 
+@bounded
 async def test_garbage_burst_changes_nothing_for_good_traffic(
         kam, tmp_path, sim, sim_credentials) -> None:  # noqa: F811
     creds = sim_credentials
