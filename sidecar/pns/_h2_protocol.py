@@ -11,6 +11,7 @@ from typing import Callable
 
 import h2.config
 import h2.connection
+import hpack
 
 from ._h2_errors import InvalidRequest
 
@@ -58,6 +59,15 @@ def _bad_value(value: str) -> bool:
     return bool(_BAD_CHAR(value)) or value[:1] in _BLANKS or value[-1:] in _BLANKS
 
 
+class _PlainEncoder(hpack.Encoder):
+    """HPACK without Huffman coding of literals: per request it saves ~20 µs of
+    CPU (of ~50 for the whole header block) for ~20 more bytes (the token in
+    :path), a good trade on a few persistent connections."""
+
+    def encode(self, headers, huffman=False):  # type: ignore[no-untyped-def, override]
+        return super().encode(headers, huffman=False)
+
+
 class ClientH2Connection(h2.connection.H2Connection):
     """h2's connection with a cheap open-stream count for new outbound streams.
 
@@ -71,6 +81,7 @@ class ClientH2Connection(h2.connection.H2Connection):
 
     def __init__(self, count_open: Callable[[], int]):
         super().__init__(config=H2_CONFIG)
+        self.encoder = _PlainEncoder()
         self._count_open = count_open
         self._until_prune = _PRUNE_EVERY
 
