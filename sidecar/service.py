@@ -12,6 +12,7 @@ give pushes in flight a few seconds to end, then cancel everything.  SIGHUP
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -183,6 +184,10 @@ async def run_sidecar(
                     ", ".join(http_urls), zmq_endpoint or "off", len(settings.applications),
                     "cassandra" if settings.cassandra.enabled else "sqlite",
                 )
+                # Start-up objects (modules, config, TLS contexts) live for good:
+                # keep them out of the garbage collector's full scans, which
+                # otherwise add milliseconds to the latency tail under load.
+                gc.freeze()
                 task_status.started(SidecarHandle(runtime, http_urls, zmq_endpoint, stop_requested.set))
                 await stop_requested.wait()
                 systemd.notify_stopping()

@@ -412,7 +412,10 @@ def log_attempt(
         fields.append(("verdict", verdict))
     if seconds is not None:
         fields.append(("seconds", seconds))
-    _emit(logging.INFO, push, fields, logger)
+    # A first attempt that delivered says nothing the outcome line does not
+    # (url, status, attempts=1): keep it for debug and save a line per push.
+    level = logging.DEBUG if attempt == 1 and status == 200 else logging.INFO
+    _emit(level, push, fields, logger)
 
 
 _QUIET_KINDS = {OutcomeKind.DELIVERED, OutcomeKind.TOKEN_DEAD}
