@@ -342,7 +342,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 # -- the application -------------------------------------------------------------------------
 
 
-def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> FastAPI:
+def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> ASGIApp:
     """Build the ASGI application of the HTTP API (v1, v2, health, docs).
 
     Args:
@@ -388,13 +388,13 @@ def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> FastAPI:
 
     app.include_router(create_v2_router(runtime))
 
-    # Outermost last: the access list runs first, then the body limit, then
-    # the fast lane for POST /push.
-    if fast_lane:
-        app.add_middleware(PushFastLane, runtime=runtime)
-    app.add_middleware(BodyLimitMiddleware, current_settings=lambda: runtime.settings)
-    app.add_middleware(AccessListMiddleware, current_settings=lambda: runtime.settings)
-    return app
+    # Our three layers wrap FastAPI from the outside (not as FastAPI
+    # middleware, which would run Starlette's error and telemetry layers
+    # first): the access list runs first, then the body limit, then the fast
+    # lane for POST /push; anything else goes on to FastAPI.
+    inner: ASGIApp = PushFastLane(app, runtime) if fast_lane else app
+    inner = BodyLimitMiddleware(inner, current_settings=lambda: runtime.settings)
+    return AccessListMiddleware(inner, current_settings=lambda: runtime.settings)
 
 
 def install_error_handlers(app: FastAPI) -> None:
