@@ -281,50 +281,53 @@ async def _handle_signals(
                 stop_requested.set()
 
 
-def reload_config(runtime: Runtime, config_dir: Path, *, reason: str) -> bool:
-    """Load the configuration again; keep the old one if the new one is invalid."""
-    from .observe import systemd
+def reload_config(
+    runtime: Runtime, config_dir: Path, *, reason: str, changed_files: frozenset[Path] = frozenset()
+) -> bool:
+    """Load the configuration again; keep the old one if the new one is invalid.
 
-    systemd.notify_reloading()
-    try:
-        settings, app_types, _ = load_all(config_dir)
-    except ConfigError as exc:
-        logger.error("reload (%s) rejected, keeping the running configuration:\n  %s",
-                     reason, "\n  ".join(exc.problems))
-        runtime.metrics.config_reload(False)
-        systemd.notify_ready()
-        return False
-    problems = _credential_problems(runtime, settings)
-    if problems:
+    The services of new and changed applications, and of applications whose
+    credential files changed on disk, are built (credentials loaded and
+    checked) before anything is swapped: if one fails, the reload is
+    rejected and the running services, old keys included, stay in force.
+    """
+    from .observe import systemd
+    from .pns.base import PushServiceConfigError
+    from .pns.registry import credential_files
+
+    def reject(problems: list[str]) -> bool:
         logger.error("reload (%s) rejected, keeping the running configuration:\n  %s",
                      reason, "\n  ".join(problems))
         runtime.metrics.config_reload(False)
         systemd.notify_ready()
         return False
+
+    systemd.notify_reloading()
+    try:
+        settings, app_types, _ = load_all(config_dir)
+    except ConfigError as exc:
+        return reject(exc.problems)
+    running = runtime.settings.applications
+    built: dict[tuple[str, str], tuple[AppConfig, PushService]] = {}
+    problems = []
+    for key, app in settings.applications.items():
+        if running.get(key) == app and not credential_files(app) & changed_files:
+            continue
+        try:
+            built[key] = (app, runtime.services.build(app))
+        except PushServiceConfigError as exc:
+            problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
+    if problems:
+        runtime.services.discard([service for _, service in built.values()])
+        return reject(problems)
     current = runtime.settings
     settings = _override(settings, ip=current.host, port=current.port)
+    runtime.services.install(built)
     runtime.apply_settings(settings, app_types)
     runtime.metrics.config_reload(True)
     systemd.notify_ready()
     logger.info("configuration reloaded (%s): %d application(s)", reason, len(settings.applications))
     return True
-
-
-def _credential_problems(runtime: Runtime, settings: Settings) -> list[str]:
-    """Build the services of new or changed applications now, as start-up
-    does, so unusable credentials reject the reload instead of failing pushes."""
-    from .pns.base import PushServiceConfigError
-
-    problems = []
-    running = runtime.settings.applications
-    for key, app in settings.applications.items():
-        if running.get(key) == app:
-            continue
-        try:
-            runtime.services.validate(app)
-        except PushServiceConfigError as exc:
-            problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
-    return problems
 
 
 def run_daemon(config_dir: str | None, *, ip: str | None, port: int | None, debug: bool) -> int:
@@ -434,9 +437,9 @@ class ConfigWatcher:
                     return False
                 reason = "changed: " + ", ".join(sorted(p.name for p in changed))
             self._stamps = current
-            if not reload_config(runtime, self._config_dir, reason=reason):
+            if not reload_config(runtime, self._config_dir, reason=reason,
+                                 changed_files=frozenset(changed)):
                 return False
-            runtime.services.retire_using(changed)
             # The new configuration may name other files: stamp those too,
             # keeping the stamps just read (a change since then is seen next time).
             files = _watched_files(runtime.settings, self._config_dir)

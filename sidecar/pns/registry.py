@@ -87,14 +87,30 @@ class PushServices:
         entry = self._services.get(app.key)
         if entry is not None and entry[0] == app:
             return entry[1]
-        if entry is not None:  # configuration changed under a live service
-            self._retire(entry[1])
+        service = self.build(app)
+        self.install({app.key: (app, service)})
+        return service
+
+    def build(self, app: AppConfig) -> PushService:
+        """A new service for ``app``, not yet in use (its credentials are loaded
+        and checked now).  Raises PushServiceConfigError."""
         factory = self._factories.get(app.platform)
         if factory is None:
             raise PushServiceConfigError(f"no push service for platform {app.platform!r}")
-        service = factory(app, self._nursery)
-        self._services[app.key] = (app, service)
-        return service
+        return factory(app, self._nursery)
+
+    def install(self, services: dict[tuple[str, str], tuple[AppConfig, PushService]]) -> None:
+        """Put built services in use; the ones they replace are drained and closed."""
+        for key, entry in services.items():
+            old = self._services.get(key)
+            self._services[key] = entry
+            if old is not None and old[1] is not entry[1]:
+                self._retire(old[1])
+
+    def discard(self, services: list[PushService]) -> None:
+        """Close built services that will not be used (a rejected reload)."""
+        for service in services:
+            self._retire(service)
 
     def validate(self, app: AppConfig) -> None:
         """Create (and keep) the service now, so bad credentials fail at start-up."""
@@ -106,17 +122,6 @@ class PushServices:
             if applications.get(key) != app:
                 del self._services[key]
                 self._retire(service)
-
-    def retire_using(self, paths: set[Path]) -> int:
-        """Retire the services whose credential files changed on disk, so the
-        next push reconnects with the new key or certificate."""
-        retired = 0
-        for key, (app, service) in list(self._services.items()):
-            if credential_files(app) & paths:
-                del self._services[key]
-                self._retire(service)
-                retired += 1
-        return retired
 
     def statistics(self) -> dict[tuple[str, str], dict]:
         return {key: dict(service.statistics()) for key, (_, service) in self._services.items()}

@@ -282,3 +282,25 @@ async def test_unusable_credentials_reject_the_reload(
             metrics = (await http.get("/metrics")).text
     assert metric_value(metrics, "pushsidecar_config_reloads_total", result="failed") >= 1
     assert metric_value(metrics, "pushsidecar_config_reloads_total", result="ok") == 0
+
+
+async def test_key_replaced_by_garbage_keeps_the_running_key(
+    tmp_path: Path, sim: Simulator, sim_credentials: SimCredentials
+) -> None:
+    # The section is unchanged but its key file now holds garbage: the reload
+    # is rejected and the service keeps the key it loaded, so pushes go on.
+    key_file = tmp_path / "AuthKey.p8"
+    shutil.copy(sim_credentials.apns_key_file, key_file)
+    config_dir = sidecar_config(tmp_path, sim_credentials, sim.port)
+    apps = config_dir / "applications.ini"
+    apps.write_text(apps.read_text() + new_app_section(sim_credentials, sim.port, key_file=key_file))
+    app_id = f"{NEW_BUNDLE}.prod"
+    async with running_daemon(config_dir, tmp_path) as daemon:
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as http:
+            assert await push_status(http, app_id, "before") == 200
+            mark = len(daemon.text())
+            replace_file(key_file, "garbage, not a key\n")
+            await daemon.wait_for_output(r"reload \(changed: AuthKey\.p8\) rejected", after=mark)
+            await daemon.wait_for_output(r"\[new-apple\].*AuthKey\.p8", after=mark)
+            assert await push_status(http, app_id, "after") == 200
+            assert [r["status"] for r in records_of_call(sim, "after")] == [200]
