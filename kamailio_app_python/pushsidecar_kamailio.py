@@ -11,10 +11,12 @@ example ``kamailio.cfg`` next to this file):
     logged with ``KSR.err`` and ``$var(pn_code)``/``$var(pn_reason)`` are set
     (400, or 555 for an unsupported provider as RFC 8599 asks) for the
     config to reject the REGISTER; ``$var(pn_code)`` is 0 when all is well.
-``python_exec("invite_prepare")``
+``python_exec("invite_prepare", "$ulc(callee=>addr)\\x1f$ci\\x1f$fu\\x1f$tu\\x1f$fn")``
     On INVITE, after ``reg_fetch_contacts("location", "$ru", "callee")``:
     returns 1 when the callee's contact asks for pushes (the push is built
     and kept for ``invite_send``), -1 when it does not (relay as usual).
+    The argument (``INVITE_PVS`` joined by ``\\x1f``) saves reading each
+    value with ``KSR.pv.get``; without it the values are read that way.
 ``python_exec("invite_send")``
     After the INVITE is held (``t_suspend``): sends the push prepared above.
 ``python_exec("cancel_push", "$sht(pushcall=>$ci)")``
@@ -44,10 +46,13 @@ is the plain class and pays nothing for it.
 
 import importlib.util
 import os
+import re
 import struct
 import sys
 import time
 from urllib.parse import unquote
+
+import msgpack
 
 import KSR  # provided by app_python3
 
@@ -73,6 +78,10 @@ def _load_wire():
 
 
 wire = _load_wire()
+
+# Matches every SDP that media_type() can call anything but audio (and a few
+# more, which then take the exact path).
+_maybe_not_audio = re.compile(r"m=(?:video|message)", re.IGNORECASE).search
 
 _LEGACY_PLATFORMS = {"apple": "apple", "ios": "apple", "apns": "apple",
                      "firebase": "firebase", "google": "firebase", "android": "firebase",
@@ -138,7 +147,7 @@ def push_target(params):
 
 def media_type(body):
     """The Sylk media type of an SDP offer: video, chat, file-transfer or audio."""
-    if not body:
+    if not body or not _maybe_not_audio(body):  # an audio offer needs no loop in Python
         return "audio"
     kinds = set()
     for line in body.splitlines():
@@ -158,9 +167,111 @@ def _display_name(value):
     return value or None
 
 
+_get = KSR.pv.get  # bound once: no attribute lookups per value
+_now = time.time
+_pack = msgpack.Packer(use_bin_type=True).pack  # as wire.py packs
+
+
 def _pv(name):
-    value = KSR.pv.get(name)
+    value = _get(name)
     return value if isinstance(value, str) else None
+
+
+# -- The INVITE hot path ------------------------------------------------------
+#
+# In a Kamailio worker the interpreter starts each call with cold CPU caches
+# (other processes ran since its last call), so every Python operation costs
+# several times what it costs in a loop: the hot path does as few as it can.
+#
+# * kamailio.cfg passes the values in ONE python_exec argument, expanded by
+#   Kamailio, instead of one KSR.pv.get each.
+# * The push parameters of a callee's contact are the same for every call to
+#   it: they are parsed, validated and turned into the constant part of the
+#   frame once per contact string (per worker); a call fills in its own keys.
+
+#: What kamailio.cfg passes to ``python_exec("invite_prepare", ...)``, in this
+#: order, joined by FIELD_SEP.  The SDP body is read apart: it can outgrow the
+#: buffer Kamailio expands an argument into.
+INVITE_PVS = ("$ulc(callee=>addr)", "$ci", "$fu", "$tu", "$fn")
+FIELD_SEP = "\x1f"  # a control character: not in a SIP URI, Call-ID or display name
+_NULL = "<null>"  # how Kamailio prints a variable without a value
+
+#: Keys of wire.py's format filled per call; the rest of an incoming_session
+#: frame depends on the contact only.
+_CALL_KEYS = ("ci", "f", "t", "ts", "dn", "mt")
+_CACHE_MAX = 4096  # contacts remembered per worker; emptied when full
+
+
+def _call_template(target):
+    """The contact-dependent part of an incoming_session frame, as a dict.
+
+    Made by ``wire.encode_direct`` itself, minus the per-call keys, so the
+    format stays wire.py's.
+    """
+    m = msgpack.unpackb(wire.encode_direct("incoming_session", "-", "-", "-", sent_at=0.0, **target),
+                        raw=False)
+    for key in _CALL_KEYS:
+        m.pop(key, None)
+    return m
+
+
+def _contact_entry(cache, contact):
+    """Work out (and remember in ``cache``) what ``contact`` means for a call.
+
+    Returns:
+        A frame template (dict) when the contact asks for pushes, False when
+        it does not, or the ``wire.WireError`` of its malformed parameters.
+    """
+    try:
+        target = push_target(uri_params(contact))
+        entry = False if target is None else _call_template(target)
+    except wire.WireError as exc:
+        entry = exc
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[contact] = entry
+    return entry
+
+
+def _incoming_session(template, call_id, from_uri, to_uri, display_name, body):
+    """One call's frame: ``wire.encode_direct`` minus the target checks done once."""
+    m = template.copy()
+    m["ci"] = call_id
+    m["f"] = from_uri
+    m["t"] = to_uri
+    m["ts"] = _now()
+    if display_name:
+        display_name = _display_name(display_name)
+        if display_name:
+            m["dn"] = display_name
+    m["mt"] = media_type(body) if body else "audio"
+    return _pack(m)
+
+
+def _fast_encoding_agrees():
+    """True when ``_incoming_session`` decodes exactly like ``encode_direct``.
+
+    Checked once at start-up: should wire.py's format move on, the script
+    falls back to ``encode_direct`` per call (slower, still right) and says so.
+    """
+    try:
+        for target in ({"pn_provider": "apns", "pn_prid": "t1:remote&t2:voip", "pn_param": "T.b.voip"},
+                       {"app_id": "a", "platform": "firebase", "token": "t", "silent": False}):
+            for name, body in (('"Bob" ', "v=0\r\nm=video 1 RTP/AVP 0\r\n"), (None, None)):
+                fast = _incoming_session(_call_template(target), "c", "sip:a@h", "sip:b@h", name, body)
+                fields = msgpack.unpackb(fast, raw=False)
+                slow = wire.encode_direct("incoming_session", "c", "sip:a@h", "sip:b@h", sent_at=fields["ts"],
+                                          display_name=_display_name(name), media_type=media_type(body),
+                                          **target)
+                if fields != msgpack.unpackb(slow, raw=False) or wire.decode(fast) != wire.decode(slow):
+                    return False
+        return True
+    except Exception:
+        return False
+
+
+#: Senders inherited through fork(): kept referenced, never used nor closed.
+_inherited = []
 
 
 class PushSidecar:
@@ -169,19 +280,33 @@ class PushSidecar:
     def __init__(self):
         self.sender = None  # made on first use, in the worker (never in mod_init)
         self.frame = None
+        self.contacts = {}  # contact URI -> _contact_entry()
+        self.fast = _fast_encoding_agrees()
+        if not self.fast:
+            KSR.err("pushsidecar: wire format self-check failed: using wire.encode_direct per call\n")
 
     def child_init(self, rank):
+        # Runs in each new process: one made before a fork is never used (nor
+        # closed) after it, every process makes its own.
+        if self.sender is not None:
+            _inherited.append(self.sender)
+            self.sender = None
         return 0
 
     def _send(self, frame):
-        if self.sender is None:
+        sender = self.sender
+        if sender is None:
             endpoint = _pv("$def(PUSHSIDECAR_ENDPOINT)") or None
             hwm = _pv("$def(PUSHSIDECAR_SNDHWM)")
-            self.sender = wire.Sender(
+            # Made in the process that uses it (child_init drops inherited
+            # ones), so its pid is known here: no getpid() system call per send.
+            # child_init drops a sender inherited through fork(), so the
+            # per-send pid check (a system call) is not needed here.
+            sender = self.sender = wire.Sender(
                 endpoint, sndhwm=int(hwm) if hwm and hwm.isdigit() else None,
-                log=lambda text: KSR.warn(text + "\n"),
+                log=lambda text: KSR.warn(text + "\n"), check_pid=False,
             )
-        return self.sender.send(frame)
+        return sender.send(frame)
 
     # -- REGISTER ----------------------------------------------------------
 
@@ -211,22 +336,30 @@ class PushSidecar:
     def invite_prepare(self, msg, arg=None):
         self.frame = None
         try:
-            contact = _pv("$ulc(callee=>addr)")
+            fields = arg.split(FIELD_SEP) if arg else ()
+            if len(fields) != 5 or _NULL in fields:
+                fields = _fetch_fields(fields)
+            contact, call_id, from_uri, to_uri, name = fields
             if not contact:
                 return -1
-            try:
-                target = push_target(uri_params(contact))
-            except wire.WireError as exc:
-                KSR.err("pushsidecar: no push for call %s: contact %s has bad push parameters: %s\n"
-                        % (_pv("$ci"), contact, exc))
+            entry = self.contacts.get(contact)
+            if entry is None:
+                entry = _contact_entry(self.contacts, contact)
+            if entry.__class__ is not dict:
+                if entry:  # malformed parameters: said on every call, as without the cache
+                    KSR.err("pushsidecar: no push for call %s: contact %s has bad push parameters: %s\n"
+                            % (call_id, contact, entry))
                 return -1
-            if target is None:
-                return -1
-            self.frame = wire.encode_direct(
-                "incoming_session", _pv("$ci"), _pv("$fu"), _pv("$tu"),
-                display_name=_display_name(_pv("$fn")), media_type=media_type(_pv("$rb")),
-                **target,
-            )
+            body = _get("$rb")
+            if self.fast and call_id and from_uri and to_uri:
+                self.frame = _incoming_session(entry, call_id, from_uri, to_uri, name,
+                                               body if body.__class__ is str else None)
+            else:  # a value is missing, or the self-check failed: the general encoder
+                self.frame = wire.encode_direct(
+                    "incoming_session", call_id, from_uri, to_uri, display_name=_display_name(name),
+                    media_type=media_type(body if body.__class__ is str else None),
+                    **push_target(uri_params(contact)),
+                )
             return 1
         except Exception as exc:
             KSR.err("pushsidecar: invite_prepare failed: %r\n" % (exc,))
@@ -234,10 +367,11 @@ class PushSidecar:
 
     def invite_send(self, msg, arg=None):
         try:
-            frame, self.frame = self.frame, None
+            frame = self.frame
             if frame is None:
                 KSR.err("pushsidecar: invite_send without invite_prepare\n")
                 return -1
+            self.frame = None
             return 1 if self._send(frame) else -1
         except Exception as exc:
             KSR.err("pushsidecar: invite_send failed: %r\n" % (exc,))
@@ -261,6 +395,18 @@ class PushSidecar:
         except Exception as exc:
             KSR.err("pushsidecar: cancel_push failed: %r\n" % (exc,))
             return -1
+
+
+def _fetch_fields(fields):
+    """The INVITE_PVS values, read one by one where the argument has none.
+
+    For an older config (no argument), a value holding FIELD_SEP, and values
+    printed as ``<null>``: also a legal Call-ID or display name, so read again
+    to tell them apart.  Missing values are None, as ``_pv`` gives them.
+    """
+    if len(fields) != len(INVITE_PVS):
+        return [_pv(name) for name in INVITE_PVS]
+    return [_pv(name) if value == _NULL else value for name, value in zip(INVITE_PVS, fields)]
 
 
 class _TimedPushSidecar(PushSidecar):

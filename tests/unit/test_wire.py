@@ -285,6 +285,22 @@ def test_sender_makes_a_new_socket_when_the_pid_changes(pull):
         sender.close()
 
 
+def test_sender_without_pid_check_keeps_its_socket(pull):
+    # check_pid=False: the caller resets the sender after a fork itself (the
+    # proxies' child_init), so no getpid() per send and no new socket.
+    sock, endpoint = pull
+    calls = []
+    sender = wire.Sender(endpoint, getpid=lambda: calls.append(1) or 100 + len(calls), check_pid=False)
+    try:
+        for frame in (b"one", b"two", b"three"):
+            assert sender.send(frame)
+        assert sender.sockets_created == 1 and len(calls) == 1  # only when opening
+        got = sorted(sock.recv() for _ in range(3) if sock.poll(2000))
+        assert got == [b"one", b"three", b"two"]
+    finally:
+        sender.close()
+
+
 def test_sender_works_in_a_forked_child(pull):
     """The real thing: a socket created in the parent, then used after fork."""
     sock, endpoint = pull
