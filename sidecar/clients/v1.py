@@ -25,10 +25,11 @@ from typing import Any, Sequence
 
 import httpx
 
+from ._http import request_json
+
 DEFAULT_URL = "http://localhost:8400/push"
 EVENTS = ("incoming_session", "incoming_conference_request", "cancel", "message", "transfer")
 # A push may be retried until its deadline (about 45 s) before the server answers.
-TIMEOUT = 60.0
 
 
 def pick_token(token: str, event: str, platform: str) -> str:
@@ -116,31 +117,14 @@ def _describe(response: httpx.Response) -> str:
 
 def post(url: str, body: dict[str, Any], *, transport: httpx.BaseTransport | None = None) -> int:
     """POST ``body`` as JSON and report; returns the exit status."""
-    try:
-        with httpx.Client(timeout=TIMEOUT, transport=transport) as client:
-            response = client.post(url, json=body)
-    except httpx.ConnectError as exc:
-        print(f"pushclient: cannot connect to {url}: {_reason(exc)}", file=sys.stderr)
-        return 1
-    except httpx.TimeoutException:
-        print(f"pushclient: no answer from {url} within {TIMEOUT:g} s", file=sys.stderr)
-        return 1
-    except httpx.HTTPError as exc:
-        print(f"pushclient: request to {url} failed: {_reason(exc)}", file=sys.stderr)
+    response = request_json("pushclient", "POST", url, body, transport=transport)
+    if response is None:
         return 1
     if response.status_code == 200:
         print(f"push sent: {_describe(response)}")
         return 0
     print(f"push failed: HTTP {response.status_code}: {_describe(response)}", file=sys.stderr)
     return 1
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc)
-    for known in ("Connection refused", "Name or service not known", "No route to host"):
-        if known.lower() in text.lower():
-            return known.lower()
-    return text or type(exc).__name__
 
 
 # -- pushclient zmq -------------------------------------------------------------------

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .v1 import TIMEOUT, _reason
+from ._http import request_json
 
 DEFAULT_URL = "http://localhost:8400"
 
@@ -108,17 +108,8 @@ def _badge(value: Any) -> Any:
 
 def send(method: str, url: str, body: dict[str, Any], *, transport: httpx.BaseTransport | None = None) -> int:
     """Send one request, print the answer; returns the exit status."""
-    try:
-        with httpx.Client(timeout=TIMEOUT, transport=transport) as client:
-            response = client.request(method, url, json=body)
-    except httpx.ConnectError as exc:
-        print(f"pushclient-v2: cannot connect to {url}: {_reason(exc)}", file=sys.stderr)
-        return 1
-    except httpx.TimeoutException:
-        print(f"pushclient-v2: no answer from {url} within {TIMEOUT:g} s", file=sys.stderr)
-        return 1
-    except httpx.HTTPError as exc:
-        print(f"pushclient-v2: request to {url} failed: {_reason(exc)}", file=sys.stderr)
+    response = request_json("pushclient-v2", method, url, body, transport=transport)
+    if response is None:
         return 1
     try:
         shown = json.dumps(response.json(), indent=2, ensure_ascii=False)
