@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .base import DeviceRecord
+
 
 def split_account(account: str) -> tuple[str, str]:
     """Split ``user@domain`` into (user, domain) at the first ``@``.
@@ -31,3 +33,14 @@ def silent_from_text(value: object) -> bool:
     if value is None:
         return True  # Sylk's default
     return bool(value)
+
+
+def record_row(record: DeviceRecord) -> tuple:
+    """The record as a row of Sylk's columns, in the order both stores use:
+    username, domain, device_id, app_id, background_token, device_token,
+    platform, silent, user_agent."""
+    username, domain = split_account(record.account)
+    return (
+        username, domain, record.device_id, record.app_id, record.background_token,
+        record.device_token, record.platform, silent_to_text(record.silent), record.user_agent,
+    )

@@ -52,7 +52,7 @@ from cassandra.policies import (
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from sidecar.config import CassandraSettings, Settings
-from sidecar.store._account import join_account, silent_from_text, silent_to_text, split_account
+from sidecar.store._account import join_account, record_row, silent_from_text, split_account
 from sidecar.store.base import DeviceRecord, StoreUnavailable, TokenStore
 
 log = logging.getLogger(__name__)
@@ -159,25 +159,12 @@ class CassandraTokenStore(TokenStore):
     # -- TokenStore ---------------------------------------------------------
 
     async def add(self, record: DeviceRecord) -> None:
-        username, domain = split_account(record.account)
+        row = record_row(record)  # checks the account before connecting
         conn = await self._connection()
         s = conn.statements
         # One logged batch: the token and the OpenSIPS marker go in together.
         batch = BatchStatement(batch_type=BatchType.LOGGED)
-        batch.add(
-            s.insert,
-            (
-                username,
-                domain,
-                record.device_id,
-                record.app_id,
-                record.background_token,
-                record.device_token,
-                record.platform,
-                silent_to_text(record.silent),
-                record.user_agent,
-            ),
-        )
+        batch.add(s.insert, row)
         batch.add(s.mark, (record.account,))
         await self._execute(conn, batch)
 

@@ -34,7 +34,7 @@ from typing import TypeVar
 
 import trio
 
-from sidecar.store._account import join_account, silent_from_text, silent_to_text, split_account
+from sidecar.store._account import join_account, record_row, silent_from_text, split_account
 from sidecar.store.base import DeviceRecord, StoreUnavailable, TokenStore
 
 T = TypeVar("T")
@@ -110,18 +110,7 @@ class SqliteTokenStore(TokenStore):
     # -- TokenStore ---------------------------------------------------------
 
     async def add(self, record: DeviceRecord) -> None:
-        username, domain = split_account(record.account)
-        row = (
-            username,
-            domain,
-            record.device_id,
-            record.app_id,
-            record.background_token,
-            record.device_token,
-            record.platform,
-            silent_to_text(record.silent),
-            record.user_agent,
-        )
+        row = record_row(record)
 
         def insert(conn: sqlite3.Connection) -> None:
             with _write_transaction(conn):
