@@ -101,8 +101,12 @@ def sylk_json(code: int, description: str, data: Any = None) -> bytes:
     )
 
 
+# One encoder for every answer: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_json(content: Any) -> bytes:
-    return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(content).encode()
 
 
 async def read_json_body(request: Request) -> Any:
@@ -136,6 +140,35 @@ def outcome_data(push: Push, outcome: Outcome) -> dict[str, Any]:
         "token": push.token,
         "body": dict(outcome.body) if outcome.body else {},
     }
+
+
+def push_answer_json(status: int, push: Push, outcome: Outcome) -> bytes:
+    """``sylk_json(status, "push notification response", outcome_data(push, outcome))``.
+
+    The same bytes, written out for the usual value types (one answer per
+    push); anything else goes through the encoder.
+    """
+    code, reason, url = outcome.code, outcome.reason, outcome.url
+    platform, call_id, token = push.platform, push.call_id, push.token
+    if not (status.__class__ is int and code.__class__ is int
+            and (reason is None or reason.__class__ is str)
+            and (url is None or url.__class__ is str)
+            and platform.__class__ is str and call_id.__class__ is str
+            and token.__class__ is str):
+        return sylk_json(status, "push notification response", outcome_data(push, outcome))
+    quote = _quote
+    body = outcome.body
+    return (
+        f'{{"code":{status},"description":"push notification response","data":{{'
+        f'"code":{code},"reason":{"null" if reason is None else quote(reason)},'
+        f'"url":{"null" if url is None else quote(url)},"platform":{quote(platform)},'
+        f'"call_id":{quote(call_id)},"token":{quote(token)},'
+        f'"body":{_ENCODER.encode(dict(body)) if body else "{}"}}}}}'
+    ).encode()
+
+
+# What the encoder writes for a str (ensure_ascii=False).
+_quote = json.encoder.encode_basestring
 
 
 # -- middleware: body size -----------------------------------------------------------------
@@ -246,7 +279,7 @@ async def answer_push_v1(runtime: HttpRuntime, raw: bytes) -> tuple[int, bytes]:
     # The HTTP status is the push result code (Sylk); a code that is not an
     # HTTP status (0: no answer at all) must not break the response.
     status = outcome.code if 100 <= outcome.code <= 599 else 502
-    return status, sylk_json(status, "push notification response", outcome_data(push, outcome))
+    return status, push_answer_json(status, push, outcome)
 
 
 class PushFastLane:

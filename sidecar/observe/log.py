@@ -68,6 +68,8 @@ _SECRET_HINTS = (
 )
 # Shorter strings would mask ordinary words; secrets are long.
 MIN_SECRET_LENGTH = 8
+# Up to this many registered secrets, lines are tested with ``in`` first.
+_FEW_SECRETS = 8
 
 
 class SecretRegistry:
@@ -84,6 +86,9 @@ class SecretRegistry:
         self._secrets: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._pattern: re.Pattern[str] | None = None
+        # Few secrets (the usual case): plain substring tests are cheaper
+        # than scanning every line with the alternation regex.
+        self._few: tuple[str, ...] | None = None
 
     def register(self, secret: str | bytes | None) -> None:
         if isinstance(secret, bytes):
@@ -98,21 +103,30 @@ class SecretRegistry:
             # Longest first, so a secret containing another is masked whole.
             ordered = sorted(self._secrets, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+            self._few = tuple(ordered) if len(ordered) <= _FEW_SECRETS else None
 
     def clear(self) -> None:
         with self._lock:
             self._secrets.clear()
             self._pattern = None
+            self._few = None
 
     def redact(self, text: str) -> str:
         """Mask registered secrets and well-known secret shapes in ``text``."""
-        pattern = self._pattern
+        pattern, few = self._pattern, self._few
         if pattern is not None:
-            text = pattern.sub(MASK, text)
+            if few is None:
+                text = pattern.sub(MASK, text)
+            else:
+                for secret in few:
+                    if secret in text:
+                        text = pattern.sub(MASK, text)
+                        break
         lowered = text.lower()
-        if not any(hint in lowered for hint in _SECRET_HINTS):
-            return text
-        return _SECRET_RE.sub(_mask_match, text)
+        for hint in _SECRET_HINTS:
+            if hint in lowered:
+                return _SECRET_RE.sub(_mask_match, text)
+        return text
 
 
 def _mask_match(match: re.Match[str]) -> str:
@@ -180,14 +194,55 @@ class ContextFormatter(logging.Formatter):
         if timestamps:
             fmt = "%(asctime)s.%(msecs)03d " + fmt
         super().__init__(fmt, datefmt="%Y-%m-%d %H:%M:%S")
+        self._timestamps = timestamps
+        # strftime of the last second seen: lines come many per second.
+        self._last_time: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        cached_second, text = self._last_time
+        if second != cached_second or datefmt != self.datefmt:
+            text = super().formatTime(record, datefmt)
+            if datefmt == self.datefmt:
+                self._last_time = (second, text)
+        return text
 
     def format(self, record: logging.LogRecord) -> str:
+        # The same text as logging.Formatter.format with the format string
+        # above, built directly (the push path logs two lines per push).
+        # A second handler (stderr and file) with the same kind of formatter
+        # reuses the first one's text.
+        done = record.__dict__.get(_FORMATTED)
+        if done is not None and done[0] == self._timestamps:
+            return done[1]
         call_id = getattr(record, "call_id", None)
         if call_id is not None:
-            record.context = f"[{call_id} {getattr(record, 'request_id', '-')}] "
+            context = f"[{call_id} {getattr(record, 'request_id', '-')}] "
         else:
-            record.context = ""
-        return super().format(record)
+            context = ""
+        record.context = context
+        record.message = message = record.getMessage()
+        if self._timestamps:
+            record.asctime = asctime = self.formatTime(record, self.datefmt)
+            text = (f"{asctime}.{int(record.msecs):03d} {record.levelname} {record.name} "
+                    f"{context}{message}")
+        else:
+            text = f"{record.levelname} {record.name} {context}{message}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            if text[-1:] != "\n":
+                text += "\n"
+            text += record.exc_text
+        if record.stack_info:
+            if text[-1:] != "\n":
+                text += "\n"
+            text += self.formatStack(record.stack_info)
+        record.__dict__[_FORMATTED] = (self._timestamps, text)
+        return text
+
+
+_FORMATTED = "_pushsidecar_formatted"
 
 
 class ReopenableFileHandler(logging.FileHandler):
@@ -340,22 +395,46 @@ def push_logger(push: Push, logger: logging.Logger | str | None = None) -> PushL
 _PLAIN_VALUE = re.compile(r"[^\s\"'=\[\]\\]+")
 
 
+_plain_match = _PLAIN_VALUE.fullmatch
+
+
 def format_value(value: Any) -> str:
     """One value of a ``key=value`` line: bare when safe, else JSON-quoted."""
-    if value is None:
+    if value.__class__ is str:  # most values: skip the type tests below
+        text = value
+    elif value is None:
         return "-"
-    if isinstance(value, bool):
+    elif isinstance(value, bool):
         return "1" if value else "0"
-    if isinstance(value, float):
-        value = f"{value:.3f}"
-    text = str(value)
-    if text and _PLAIN_VALUE.fullmatch(text) and text.isprintable():
+    elif isinstance(value, float):
+        text = f"{value:.3f}"
+    else:
+        text = str(value)
+    if text and _plain_match(text) and text.isprintable():
         return text
     return json.dumps(text, ensure_ascii=False)
 
 
+# format_value() of values that repeat from push to push (source, app id,
+# platform, event, kind, device): strings or None only (1 == True would
+# mix ints and booleans up).  Cleared when full, so it cannot grow unbounded.
+_repeated: dict[str | None, str] = {}
+_REPEATED_MAX = 1024
+
+
+def _repeated_value(value: str | None) -> str:
+    text = _repeated.get(value)
+    if text is None:
+        text = format_value(value)
+        if value is None or value.__class__ is str:
+            if len(_repeated) >= _REPEATED_MAX:
+                _repeated.clear()
+            _repeated[value] = text
+    return text
+
+
 def format_fields(fields: Iterable[tuple[str, Any]]) -> str:
-    return " ".join(f"{key}={format_value(value)}" for key, value in fields)
+    return " ".join([f"{key}={format_value(value)}" for key, value in fields])
 
 
 def token_hint(token: str | None) -> str:
@@ -375,21 +454,44 @@ _push_log = logging.getLogger(PUSH_LOGGER)
 def _emit(level: int, push: Push, fields: list[tuple[str, Any]], logger: logging.Logger | None) -> None:
     target = logger or _push_log
     if target.isEnabledFor(level):
-        target.log(level, "%s", format_fields(fields),
-                   extra={"call_id": push.call_id, "request_id": push.request_id})
+        _emit_text(target, level, push, format_fields(fields))
+
+
+def _emit_text(target: logging.Logger, level: int, push: Push, text: str) -> None:
+    """Log ``text`` (already enabled for ``level``) tagged with the push's ids.
+
+    The record ``target.log(level, "%s", text, extra=...)`` would make, built
+    without the caller lookup (a stack walk) and the ``extra`` merge: the
+    caller is always this module.
+    """
+    # The text as the message, without arguments: the same getMessage(),
+    # and LogRecord skips its costly "one mapping argument" test.
+    record = target.makeRecord(target.name, level, _THIS_FILE, _EMIT_LINE, text, None, None,
+                               "_emit", None, None)
+    record.call_id = push.call_id
+    record.request_id = push.request_id
+    target.handle(record)
+
+
+_THIS_FILE = _emit_text.__code__.co_filename
+_EMIT_LINE = _emit.__code__.co_firstlineno + 3
 
 
 def log_received(
     push: Push, source: str | None = None, peer: str | None = None, *, logger: logging.Logger | None = None
 ) -> None:
     """``event=received``: a push arrived (``source``: http, v2, zmq...; ``peer``: who sent it)."""
-    _emit(logging.INFO, push, [
-        ("event", "received"), *_push_fields(push),
-        ("source", source or push.source), ("peer", peer),
-        ("app", push.app_id), ("platform", push.platform), ("device", push.device_id),
-        ("token", token_hint(push.token)), ("push_event", push.event.value),
-        ("from", push.from_uri), ("to", push.to_uri),
-    ], logger)
+    target = logger or _push_log
+    if not target.isEnabledFor(logging.INFO):
+        return
+    # format_fields() of the pairs, written out: two lines per push.
+    value, same = format_value, _repeated_value
+    _emit_text(target, logging.INFO, push, (
+        f"event=received call_id={value(push.call_id)} request_id={value(push.request_id)} "
+        f"source={same(source or push.source)} peer={same(peer)} app={same(push.app_id)} "
+        f"platform={same(push.platform)} device={same(push.device_id)} "
+        f"token={value(token_hint(push.token))} push_event={same(push.event.value)} "
+        f"from={value(push.from_uri)} to={value(push.to_uri)}"))
 
 
 def log_attempt(
@@ -404,6 +506,11 @@ def log_attempt(
     logger: logging.Logger | None = None,
 ) -> None:
     """``event=attempt``: one try at the push service (status 0: no answer)."""
+    # A first attempt that delivered says nothing the outcome line does not
+    # (url, status, attempts=1): keep it for debug and save a line per push.
+    level = logging.DEBUG if attempt == 1 and status == 200 else logging.INFO
+    if not (logger or _push_log).isEnabledFor(level):
+        return
     fields = [
         ("event", "attempt"), *_push_fields(push), ("device", push.device_id),
         ("attempt", attempt), ("url", url), ("status", status), ("reason", reason),
@@ -412,9 +519,6 @@ def log_attempt(
         fields.append(("verdict", verdict))
     if seconds is not None:
         fields.append(("seconds", seconds))
-    # A first attempt that delivered says nothing the outcome line does not
-    # (url, status, attempts=1): keep it for debug and save a line per push.
-    level = logging.DEBUG if attempt == 1 and status == 200 else logging.INFO
     _emit(level, push, fields, logger)
 
 
@@ -424,12 +528,17 @@ _QUIET_KINDS = {OutcomeKind.DELIVERED, OutcomeKind.TOKEN_DEAD}
 def log_outcome(push: Push, outcome: Outcome, *, logger: logging.Logger | None = None) -> None:
     """``event=outcome``: the one final result of a push."""
     level = logging.INFO if outcome.kind in _QUIET_KINDS else logging.WARNING
-    _emit(level, push, [
-        ("event", "outcome"), *_push_fields(push),
-        ("app", push.app_id), ("platform", push.platform), ("device", push.device_id),
-        ("kind", outcome.kind.value), ("code", outcome.code), ("reason", outcome.reason),
-        ("attempts", outcome.attempts), ("url", outcome.url or None),
-    ], logger)
+    target = logger or _push_log
+    if not target.isEnabledFor(level):
+        return
+    # format_fields() of the pairs, written out: two lines per push.
+    value, same = format_value, _repeated_value
+    _emit_text(target, level, push, (
+        f"event=outcome call_id={value(push.call_id)} request_id={value(push.request_id)} "
+        f"app={same(push.app_id)} platform={same(push.platform)} device={same(push.device_id)} "
+        f"kind={same(outcome.kind.value)} code={value(outcome.code)} "
+        f"reason={value(outcome.reason)} attempts={value(outcome.attempts)} "
+        f"url={value(outcome.url or None)}"))
 
 
 def parse_fields(text: str) -> dict[str, str]:

@@ -18,8 +18,12 @@ socket needs ownership.  Three background tasks live in a private nursery
 
 Each request owns one ``_Stream`` record keyed by stream id and waits on its
 event.  A :class:`~sidecar.pns._h2_limiter.StreamLimiter` follows the server's
-SETTINGS_MAX_CONCURRENT_STREAMS.  Bodies larger than the flow-control window
-wait for WINDOW_UPDATE.  Whatever ends a request (answer, error,
+SETTINGS_MAX_CONCURRENT_STREAMS.  A body that does not fit the flow-control
+windows waits in a FIFO queue of pending bodies, which is pumped (no await,
+no task of its own) when a request is opened and after the reader handled
+what came in (WINDOW_UPDATE, SETTINGS): every body the new window allows goes
+out in the same scheduling round, where parked senders would take one round
+each.  Whatever ends a request (answer, error,
 cancellation), its ``finally`` releases the slot and, when h2 still considers
 the stream open, queues RST_STREAM(CANCEL).  That is synchronous (no await),
 so it cannot be interrupted and needs no shield; the writer sends it.
@@ -63,7 +67,7 @@ from ._h2_errors import (
     StreamReset,
 )
 from ._h2_limiter import StreamLimiter
-from ._h2_protocol import ClientH2Connection, Header, check_headers
+from ._h2_protocol import ClientH2Connection, Header, check_headers, decode_response_headers
 
 logger = logging.getLogger("sidecar.pns.http2")
 
@@ -72,6 +76,7 @@ _RECEIVE_SIZE = 65536
 # error bodies in flight at once should never stall the connection.
 _CONNECTION_WINDOW = 16 * 1024 * 1024
 _CLOSE_GRACE = 1.0  # seconds we give our GOAWAY to leave on aclose()
+_METHODS = {"POST": b"POST", "GET": b"GET"}
 
 class ConnectionState(enum.Enum):
     ACTIVE = "active"  # accepts new streams
@@ -82,7 +87,7 @@ class ConnectionState(enum.Enum):
 class _Stream:
     """What one request knows about its stream."""
 
-    __slots__ = ("stream_id", "headers", "chunks", "done", "error", "local_ended", "window_open")
+    __slots__ = ("stream_id", "headers", "chunks", "done", "error", "local_ended", "body", "sent")
 
     def __init__(self, stream_id: int):
         self.stream_id = stream_id
@@ -91,7 +96,8 @@ class _Stream:
         self.done = trio.Event()  # set when the response is complete or the stream failed
         self.error: Http2Error | None = None
         self.local_ended = False  # END_STREAM queued by us
-        self.window_open: trio.Event | None = None  # waiting for this stream's own window
+        self.body = b""  # while waiting for flow-control window: the whole body
+        self.sent = 0  # bytes of ``body`` already queued
 
 
 class Http2Connection:
@@ -135,11 +141,12 @@ class Http2Connection:
         self._max_streams = max_streams
         # Until the server's SETTINGS arrive we assume the RFC's suggested minimum.
         self._limiter = StreamLimiter(min(100, max_streams))
-        self._pseudo_headers: list[Header] = [(":scheme", "https"), (":authority", authority)]
+        # Constant pseudo-headers as bytes: h2 would encode them for every request.
+        self._pseudo_headers = ((b":scheme", b"https"), (b":authority", authority.encode()))
         self._write_lock = trio.Lock()
         self._write_wanted = trio.Event()
-        # Bodies waiting for connection-level window, first come first served.
-        self._window_waiters = trio.lowlevel.ParkingLot()
+        # Bodies waiting for flow-control window, first come first served.
+        self._pending_bodies: dict[int, _Stream] = {}
         self._settings_received = trio.Event()
         self._ping_acked: trio.Event | None = None
         self._ping_interval = ping_interval
@@ -157,7 +164,6 @@ class Http2Connection:
             h2.events.DataReceived: self._on_data,
             h2.events.StreamEnded: self._on_stream_ended,
             h2.events.StreamReset: self._on_stream_reset,
-            h2.events.WindowUpdated: self._on_window_updated,
             h2.events.RemoteSettingsChanged: self._on_remote_settings,
             h2.events.PingAckReceived: self._on_ping_ack,
             h2.events.ConnectionTerminated: self._on_goaway,
@@ -262,8 +268,6 @@ class Http2Connection:
                 raise self._not_available()
             record = self._open_stream(method, path, headers, body)
             try:
-                if body and not record.local_ended:
-                    await self._send_body(record, body)
                 await record.done.wait()
             finally:
                 self._end_stream(record)
@@ -283,7 +287,8 @@ class Http2Connection:
         except h2.exceptions.NoAvailableStreamIDError as exc:
             self.start_draining()
             raise ConnectionNotAvailable(f"{self._name}: stream ids exhausted") from exc
-        request_headers = [(":method", method), *self._pseudo_headers, (":path", path), *headers]
+        request_headers = [(b":method", _METHODS.get(method) or method.encode()), *self._pseudo_headers,
+                           (b":path", path.encode()), *headers]
         try:
             h2c.send_headers(stream_id, request_headers, end_stream=not body)
         except h2.exceptions.ProtocolError as exc:
@@ -303,57 +308,63 @@ class Http2Connection:
         self._requests += 1
         if not body:
             record.local_ended = True
-        elif not self._window_waiters and len(body) <= min(
+        elif not self._pending_bodies and len(body) <= min(
             h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size
         ):
             h2c.send_data(stream_id, body, end_stream=True)
             record.local_ended = True
+        else:
+            record.body = body
+            self._pending_bodies[stream_id] = record
+            self._pump_bodies()
         self._wake_writer()
         return record
 
-    async def _send_body(self, record: _Stream, body: bytes) -> None:
-        """Send ``body`` in frames as the flow-control windows allow.
+    def _pump_bodies(self) -> None:
+        """Queue as much of the pending bodies as the flow-control windows allow.
 
-        Waiting for the connection window is a FIFO queue, not a herd: one
-        WINDOW_UPDATE wakes the first waiter, and each sender hands the turn
-        to the next while window is left (also when it leaves early).  A
-        stream whose own window is shut waits for its own WINDOW_UPDATE.
+        First come, first served on the connection window; a stream whose own
+        window is shut is passed over until its WINDOW_UPDATE.  Never awaits.
         """
         h2c = self._h2
-        stream_id = record.stream_id
-        waiters = self._window_waiters
-        offset, total = 0, len(body)
-        try:
-            if waiters:  # queue behind earlier bodies
-                await waiters.park()
-            while offset < total:
-                if record.done.is_set():  # reset, early answer or connection gone
-                    return
-                window = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
-                if window > 0:
+        pending = self._pending_bodies
+        frame_size = h2c.max_outbound_frame_size
+        finished: list[int] = []  # removed after the walk; it stops early, no copy of the queue
+        for stream_id, record in pending.items():
+            if record.done.is_set():  # reset, early answer or connection gone
+                finished.append(stream_id)
+                continue
+            body, total = record.body, len(record.body)
+            try:
+                while (window := min(h2c.local_flow_control_window(stream_id), frame_size)) > 0:
+                    offset = record.sent
                     chunk = body[offset : offset + window]
-                    offset += len(chunk)
-                    h2c.send_data(stream_id, chunk, end_stream=offset >= total)
-                    self._wake_writer()
-                elif h2c.outbound_flow_control_window <= 0:
-                    await waiters.park()
-                else:
-                    record.window_open = trio.Event()
-                    self._pass_window_turn()
-                    await record.window_open.wait()
-            record.local_ended = True
-        finally:
-            self._pass_window_turn()
-
-    def _pass_window_turn(self) -> None:
-        if self._window_waiters and (
-            self._state is ConnectionState.CLOSED or self._h2.outbound_flow_control_window > 0
-        ):
-            self._window_waiters.unpark()
+                    record.sent = offset + len(chunk)
+                    h2c.send_data(stream_id, chunk, end_stream=record.sent >= total)
+                    if record.sent >= total:
+                        break
+            except h2.exceptions.ProtocolError as exc:  # h2 closed the stream under us
+                finished.append(stream_id)
+                record.error = StreamReset(
+                    f"{self._name}: stream {stream_id} closed before its body was sent: {exc}",
+                    int(h2.errors.ErrorCodes.STREAM_CLOSED),
+                )
+                record.done.set()
+                continue
+            if record.sent >= total:
+                finished.append(stream_id)
+                record.local_ended = True
+                record.body = b""
+            elif h2c.outbound_flow_control_window <= 0:
+                break  # the rest waits for the connection's WINDOW_UPDATE
+        for stream_id in finished:
+            del pending[stream_id]
+        self._wake_writer()
 
     def _end_stream(self, record: _Stream) -> None:
         """Forget the stream; reset it if h2 still considers it open.  Never awaits."""
         del self._streams[record.stream_id]
+        self._pending_bodies.pop(record.stream_id, None)
         if self._state is ConnectionState.CLOSED:
             return
         beyond_goaway = self._goaway is not None and record.stream_id > self._goaway[0]
@@ -411,10 +422,7 @@ class Http2Connection:
                 record.done.set()
         # Wake everyone who waits for something this connection will never give.
         self._limiter.resize(2**31)
-        self._window_waiters.unpark_all()
-        for record in self._streams.values():
-            if record.window_open is not None:
-                record.window_open.set()
+        self._pending_bodies.clear()
         self._settings_received.set()
         if self._ping_acked is not None:
             self._ping_acked.set()
@@ -473,8 +481,10 @@ class Http2Connection:
                 handler = handlers.get(type(event))
                 if handler is not None:
                     handler(event)
-            if self._state is ConnectionState.CLOSED:
-                return
+                    if self._state is ConnectionState.CLOSED:
+                        return
+            if self._pending_bodies:  # after all events: resets are known by now
+                self._pump_bodies()
             self._wake_writer()  # acks, window updates, PING and SETTINGS acks
 
     async def _writer(self) -> None:
@@ -516,14 +526,26 @@ class Http2Connection:
     # ---- h2 events (called by the reader, never await) --------------------
 
     def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        # Checked even for forgotten streams: a malformed block is a protocol error.
+        headers = self._decode_headers(event.headers, trailers=False)
         record = self._streams.get(event.stream_id)
-        if record is not None:
-            record.headers = event.headers
+        if record is not None and headers is not None:
+            record.headers = headers
 
     def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        headers = self._decode_headers(event.headers, trailers=True)
         record = self._streams.get(event.stream_id)
-        if record is not None:
-            record.headers = [*record.headers, *event.headers]
+        if record is not None and headers is not None:
+            record.headers = [*record.headers, *headers]
+
+    def _decode_headers(self, raw: list[Any], *, trailers: bool) -> list[Header] | None:
+        """The validated, decoded block; None once a malformed one closed the connection."""
+        try:
+            return decode_response_headers(raw, trailers=trailers)
+        except h2.exceptions.ProtocolError as exc:
+            # What h2's own inbound validation would do: fail the connection.
+            self._close(f"protocol error: {exc}", RemoteProtocolError, exc)
+            return None
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
         # Acknowledge even for forgotten streams: the connection window counts it too.
@@ -548,17 +570,6 @@ class Http2Connection:
         else:
             record.error = StreamReset(f"{self._name}: stream {event.stream_id} reset by server: {code!r}", int(code or 0))
         record.done.set()
-        # Its sender may be waiting for window: wake it (rare, so wake all).
-        if record.window_open is not None:
-            record.window_open.set()
-        self._window_waiters.unpark_all()
-
-    def _on_window_updated(self, event: h2.events.WindowUpdated) -> None:
-        if event.stream_id:
-            record = self._streams.get(event.stream_id)
-            if record is not None and record.window_open is not None:
-                record.window_open.set()
-        self._pass_window_turn()
 
     def _on_remote_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
         changed = event.changed_settings
@@ -566,11 +577,7 @@ class Http2Connection:
         if max_streams is not None or not self._settings_received.is_set():
             limit = self._h2.remote_settings.max_concurrent_streams
             self._limiter.resize(min(limit, self._max_streams))
-        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
-            for record in self._streams.values():
-                if record.window_open is not None:
-                    record.window_open.set()
-            self._pass_window_turn()
+        # A new INITIAL_WINDOW_SIZE is used by the reader's pump after the events.
         self._settings_received.set()
 
     def _on_ping_ack(self, event: h2.events.PingAckReceived) -> None:
@@ -594,11 +601,8 @@ class Http2Connection:
                     f"{self._name}: GOAWAY: stream {stream_id} above last_stream_id {last}, not processed"
                 )
                 record.done.set()
-                if record.window_open is not None:
-                    record.window_open.set()  # its body sender must stop waiting
             else:
                 awaited += 1
-        self._window_waiters.unpark_all()
         routine = code == h2.errors.ErrorCodes.NO_ERROR
         if not awaited:
             self._close(reason, ConnectionNotAvailable, routine=routine)

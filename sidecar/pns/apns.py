@@ -55,6 +55,9 @@ STATUS_VERDICTS: Mapping[int, Verdict] = {
     410: Verdict.TOKEN_DEAD,  # Unregistered, ExpiredToken
     429: Verdict.RETRY,  # TooManyRequests, TooManyProviderTokenUpdates
 }
+# Built once: json.dumps() with non-default arguments builds an encoder per call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 #: 403 reasons that mean our JWT was refused: renew it before the next attempt
 JWT_REJECTED = frozenset({"ExpiredProviderToken", "InvalidProviderToken"})
 
@@ -150,7 +153,7 @@ class ApnsService(PushService):
         path = "/3/device/" + token
         url = self._url_prefix + token
         try:
-            body = json.dumps(notification.payload, separators=(",", ":"), ensure_ascii=False).encode()
+            body = _encode_json(notification.payload).encode()
         except (TypeError, ValueError) as exc:
             return SendResult(Verdict.REJECTED, 0, f"payload is not JSON: {exc}", url)
         if len(body) > payload_limit(notification.headers):

@@ -8,9 +8,12 @@ and the real clock.
 from __future__ import annotations
 
 import functools
+import random
 
 import h2.connection
 import h2.errors
+import h2.exceptions
+import hpack
 import pytest
 import trio
 import trio.testing
@@ -19,6 +22,7 @@ from hyperframe.frame import GoAwayFrame
 
 from h2_fake_server import FakeH2Server, FakeRequest, ServerConnection, memory_connector, serve_tls
 from sidecar.pns._h2_limiter import StreamLimiter
+from sidecar.pns._h2_protocol import _PlainEncoder, decode_response_headers
 from sidecar.pns.http2 import (
     ConnectError,
     ConnectionLost,
@@ -27,6 +31,7 @@ from sidecar.pns.http2 import (
     InvalidRequest,
     Http2Endpoint,
     NoResponseAfterGoaway,
+    RemoteProtocolError,
     StreamReset,
     open_http2_connection,
 )
@@ -605,3 +610,95 @@ def test_client_ssl_context_names_a_bad_file(tmp_path):
     bad.write_text("not a certificate")
     with pytest.raises(PushServiceConfigError, match="cert.pem"):
         client_ssl_context(cert_file=bad)
+
+
+# ---- what we ask of h2 (sidecar.pns._h2_protocol) -------------------------
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        [(b"apns-id", b"x")],  # no :status
+        [(b"apns-id", b"x"), (b":status", b"200")],  # pseudo-header after a regular one
+        [(b":status", b"200"), (b":path", b"/")],  # request pseudo-header
+        [(b":status", b"20x")],
+        [(b":status", b"200"), (b"Apns-Id", b"x")],  # upper case
+        [(b":status", b"200"), (b"connection", b"close")],
+        [(b":status", b"200"), (b"x", b"a\r\nb")],
+        [(b":status", b"200"), (b"x", b" padded")],
+        [(b":status", b"200"), (b"x", b"\xff")],  # not UTF-8
+    ],
+)
+def test_malformed_response_header_blocks_are_refused(block):
+    with pytest.raises(h2.exceptions.ProtocolError):
+        decode_response_headers(block)
+
+
+def test_response_header_blocks_are_decoded():
+    block = [(b":status", b"410"), (b"apns-id", b"\xc3\xa9"), (b"te", b"trailers")]
+    assert decode_response_headers(block) == [(":status", "410"), ("apns-id", "é"), ("te", "trailers")]
+    assert decode_response_headers([(b"grpc-status", b"0")], trailers=True) == [("grpc-status", "0")]
+    with pytest.raises(h2.exceptions.ProtocolError):
+        decode_response_headers([(b":status", b"200")], trailers=True)
+
+
+async def test_malformed_response_fails_the_connection(autojump_clock):
+    def handler(conn: ServerConnection, request: FakeRequest) -> None:
+        conn.h2.config.validate_outbound_headers = False  # let the fake server misbehave
+        conn.h2.config.normalize_outbound_headers = False
+        conn.respond(request, 200, {"connection": "close"})
+
+    server = FakeH2Server(handler=handler)
+    async with trio.open_nursery() as nursery:
+        conn = await connect(server, nursery)
+        with pytest.raises(RemoteProtocolError, match="invalid response header name"):
+            await conn.request("POST", "/", [], b"x")
+        assert conn.is_closed()
+
+
+def test_plain_encoder_matches_hpack_without_huffman():
+    rng = random.Random(7)
+    ours, reference, decoder = _PlainEncoder(), hpack.Encoder(), hpack.Decoder()
+    names = [b":method", b":path", b":scheme", b":authority", b"apns-topic", b"authorization", b"x-big"]
+    values = [b"POST", b"GET", b"https", b"/", b"/3/device/1", b"/3/device/2", b"1", b"2", b"v" * 300, b"w" * 5000]
+    for round_number in range(3000):
+        if round_number % 1000 == 0:  # table size changes and evictions too
+            ours.header_table_size = reference.header_table_size = rng.choice([0, 100, 4096])
+        block = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randint(1, 9))]
+        encoded = ours.encode(block)
+        assert encoded == reference.encode(block, huffman=False)
+        assert decoder.decode(encoded, raw=True) == block
+    # A never-indexed field keeps hpack's meaning.
+    secret = hpack.NeverIndexedHeaderTuple(b"authorization", b"secret")
+    assert ours.encode([secret]) == reference.encode([secret], huffman=False)
+
+
+async def test_bodies_waiting_for_the_connection_window_leave_together(autojump_clock):
+    # 30 bodies of 4 KiB against the 64 KiB connection window the server does
+    # not give back: 15 leave, the others wait in order and leave as soon as
+    # one WINDOW_UPDATE allows them.
+    server = FakeH2Server(initial_window_size=1 << 20)
+    server.ack_data = False
+    bodies = [b"%02d" % i + bytes(4094) for i in range(30)]
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            conn = await connect(server, nursery)
+            statuses = []
+
+            async def one(body: bytes) -> None:
+                statuses.append((await conn.request("POST", "/", [], body)).status)
+
+            async with trio.open_nursery() as requests:
+                for body in bodies:
+                    requests.start_soon(one, body)
+                await trio.sleep(1)
+                waiting = list(conn._pending_bodies)
+                assert len(waiting) == 30 - 65535 // 4096 and waiting == sorted(waiting)
+                server.ack_data = True
+                server_conn = server.connections[0]
+                server_conn.h2.increment_flow_control_window(server.unacked)
+                await server_conn.flush()
+            assert not conn._pending_bodies and conn.in_flight == 0
+            await conn.aclose()
+        assert statuses == [200] * 30
+        assert server.processed == {body: 1 for body in bodies}

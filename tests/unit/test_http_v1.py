@@ -351,3 +351,21 @@ async def test_through_a_real_hypercorn_trio_server():
             assert_sylk_shape(await client.get("/health"), 403)
         stop.set()
     assert len(runtime.dispatched) == 1
+
+
+@pytest.mark.parametrize("outcome", [
+    Outcome(OutcomeKind.DELIVERED, 200, None, url="https://h/3/device/\u00e9t", attempts=1),
+    Outcome(OutcomeKind.FAILED, 503, 'bad "x"\x00\n\u2028', url="", body={"reason": "B", "n": 1.5}),
+    Outcome(OutcomeKind.FAILED, 0, "no answer", url=None, body={}),
+    Outcome(OutcomeKind.TOKEN_DEAD, 410, "Unregistered", body={"timestamp": 1, "x": [None, True]}),
+])
+def test_push_answer_json_is_byte_identical_to_the_generic_encoding(outcome):
+    from sidecar.ingress.http import outcome_data, push_answer_json, sylk_json
+    from sidecar.model import Event, Push
+
+    push = Push(app_id="com.ag.sylk", platform="apple", token='tok\u00e9"\\', event=Event.INCOMING_SESSION,
+                call_id="c\u00e9-1@x", from_uri="a@x", to_uri="b@x", deadline=1.0, expires_at=1.0)
+    status = outcome.code if 100 <= outcome.code <= 599 else 502
+    expected = sylk_json(status, "push notification response", outcome_data(push, outcome))
+    assert push_answer_json(status, push, outcome) == expected
+    assert json.loads(expected)["data"]["call_id"] == "c\u00e9-1@x"

@@ -202,3 +202,87 @@ def test_format_value_quotes_only_when_needed():
     assert obslog.format_value("k=v") == '"k=v"'
     assert parse_fields(obslog.format_fields([("a", "x y"), ("b", 'q"'), ("c", 3)])) == {
         "a": "x y", "b": 'q"', "c": "3"}
+
+
+def _record(msg="event=x a=1", *, call_id="c-1", exc_info=None, created=1_700_000_000.123):
+    record = logging.LogRecord("sidecar.push", logging.INFO, __file__, 1, msg, None, exc_info)
+    record.created, record.msecs = created, 123.0
+    if call_id is not None:
+        record.call_id, record.request_id = call_id, "r-1"
+    return record
+
+
+@pytest.mark.parametrize("timestamps", [True, False])
+@pytest.mark.parametrize("call_id", ["c-1", None])
+def test_context_formatter_writes_what_the_stdlib_formatter_writes(timestamps, call_id):
+    fmt = "%(levelname)s %(name)s %(context)s%(message)s"
+    if timestamps:
+        fmt = "%(asctime)s.%(msecs)03d " + fmt
+    reference = logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+        exc_info = sys.exc_info()
+    for exc in (None, exc_info):
+        ours = obslog.ContextFormatter(timestamps=timestamps).format(_record(call_id=call_id, exc_info=exc))
+        theirs_record = _record(call_id=call_id, exc_info=exc)
+        theirs_record.context = f"[{call_id} r-1] " if call_id else ""
+        assert ours == reference.format(theirs_record)
+
+
+def test_context_formatter_time_cache_follows_the_second():
+    formatter = obslog.ContextFormatter(timestamps=True)
+    first = formatter.format(_record(created=1_700_000_000.5))
+    same_second = formatter.format(_record(created=1_700_000_000.9))
+    next_second = formatter.format(_record(created=1_700_000_001.1))
+    assert first[:19] == same_second[:19] != next_second[:19]
+    assert next_second[:19] == logging.Formatter(datefmt="%Y-%m-%d %H:%M:%S").formatTime(
+        _record(created=1_700_000_001.1), "%Y-%m-%d %H:%M:%S")
+
+
+def test_second_handler_reuses_the_text_only_for_the_same_format():
+    record = _record()
+    with_time = obslog.ContextFormatter(timestamps=True).format(record)
+    without = obslog.ContextFormatter(timestamps=False).format(record)
+    assert without == "INFO sidecar.push [c-1 r-1] event=x a=1"
+    assert with_time.endswith(without) and with_time != without
+    assert obslog.ContextFormatter(timestamps=True).format(record) == with_time
+
+
+@pytest.mark.parametrize("count", [1, 20])
+def test_registered_secrets_are_masked_with_few_or_many(count):
+    registry = SecretRegistry()
+    values = [f"secret-value-{i:04d}-xyz" for i in range(count)]
+    for value in values:
+        registry.register(value)
+    assert registry.redact(f"a {values[-1]} b {values[0]}") == f"a {obslog.MASK} b {obslog.MASK}"
+    assert registry.redact("nothing here") == "nothing here"
+    registry.clear()
+    assert registry.redact(values[0]) == values[0]
+
+
+def test_push_lines_match_format_fields_of_their_pairs(logging_to):
+    _, stream = logging_to(log_to_file=False)
+    push = make_push(device_id=None, from_uri="sip:a b@x")
+    log_received(push, "http", None)
+    log_outcome(push, Outcome(OutcomeKind.DELIVERED, 200, None, url="https://h/3/device/x", attempts=1))
+    received, outcome = (line.split("] ", 1)[1] for line in stream.getvalue().splitlines())
+    assert received == obslog.format_fields([
+        ("event", "received"), ("call_id", push.call_id), ("request_id", push.request_id),
+        ("source", "http"), ("peer", None), ("app", push.app_id), ("platform", push.platform),
+        ("device", None), ("token", "a1b2c3d4..."), ("push_event", "incoming_session"),
+        ("from", "sip:a b@x"), ("to", push.to_uri)])
+    assert outcome == obslog.format_fields([
+        ("event", "outcome"), ("call_id", push.call_id), ("request_id", push.request_id),
+        ("app", push.app_id), ("platform", push.platform), ("device", None), ("kind", "delivered"),
+        ("code", 200), ("reason", None), ("attempts", 1), ("url", "https://h/3/device/x")])
+
+
+def test_repeated_values_cache_is_bounded_and_exact():
+    obslog._repeated.clear()
+    for i in range(obslog._REPEATED_MAX + 5):
+        assert obslog._repeated_value(f"v{i}") == f"v{i}"
+    assert len(obslog._repeated) <= obslog._REPEATED_MAX
+    assert obslog._repeated_value(None) == "-"
+    assert obslog._repeated_value("a b") == '"a b"'
