@@ -106,6 +106,28 @@ class Runtime:
         self.services.apply(dict(settings.applications))
 
 
+def refresh_metrics(runtime: Runtime) -> None:
+    """Copy the counters kept by the push services and the ZeroMQ ingress into
+    the metrics (called at each scrape: nothing on the push path)."""
+    metrics = runtime.metrics
+    for (app_id, platform), stats in runtime.services.statistics().items():
+        service = f"{platform}:{app_id}"
+        metrics.set_connections(service, 1 if stats.get("connected") else 0)
+        # The first connect is not a reconnect.
+        metrics.advance_reconnects(service, max(int(stats.get("connects", 0)) - 1, 0))
+        if "jwt_renewals" in stats:
+            metrics.advance_renewals(service, "jwt", int(stats["jwt_renewals"]))
+        if "oauth_fetches" in stats:
+            metrics.advance_renewals(service, "oauth", int(stats["oauth_fetches"]))
+    proxy = runtime.proxy_ingress
+    if proxy is not None:
+        counters = proxy.counters
+        metrics.advance_zmq_rejected("undecodable", counters.bad)
+        metrics.advance_zmq_rejected("expired", counters.expired)
+        metrics.advance_zmq_rejected("duplicate", counters.duplicates)
+        metrics.advance_zmq_rejected("invalid", proxy.rejected)
+
+
 class SidecarHandle:
     """What :func:`run_sidecar` reports once it is ready (tests use it)."""
 
@@ -138,12 +160,13 @@ async def run_sidecar(
     from .observe.remote import RemoteLogger
     from .pns.base import PushServiceConfigError
     from .store.factory import open_store
+    from .store.instrumented import InstrumentedStore
 
     settings, app_types, pns_plugins = load_all(config_dir)
     if ip is not None or port is not None:
         settings = _override(settings, ip=ip, port=port)
     stop_requested = trio.Event()
-    store = await open_store(settings)
+    raw_store = await open_store(settings)
     try:
         with _unwrap_config_error():
             async with trio.open_nursery() as nursery:
@@ -160,11 +183,14 @@ async def run_sidecar(
                 if problems:
                     raise ConfigError(problems)
                 metrics = Metrics()
+                store = InstrumentedStore(
+                    raw_store, metrics, "cassandra" if settings.cassandra.enabled else "sqlite")
                 remote_logger = RemoteLogger(metrics=metrics)
                 await nursery.start(remote_logger.run)
                 runtime = Runtime(settings, app_types, services, store, nursery,
                                   listeners=[remote_logger], metrics=metrics)
                 metrics.set_in_flight_function(lambda: runtime.dispatcher.in_flight)
+                metrics.add_refresh(lambda: refresh_metrics(runtime))
 
                 http_done = trio.Event()
                 http_urls = await nursery.start(
@@ -202,7 +228,7 @@ async def run_sidecar(
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
-            await store.aclose()
+            await raw_store.aclose()
     logger.info("stopped")
 
 

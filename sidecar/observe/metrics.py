@@ -19,6 +19,7 @@ call-id or account.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Hashable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -117,6 +118,11 @@ class Metrics:
         self._remote_logs = _Children(counter(
             "remote_logs", "Remote log posts, by result (sent, failed, dropped).", ("result",)))
 
+        # Called at each scrape, before rendering: they bring counters kept
+        # elsewhere (connections, token renewals, ZeroMQ rejects) up to date.
+        self._refreshers: list[Callable[[], None]] = []
+        self._totals_seen: dict[Hashable, float] = {}
+
     # -- pushes ------------------------------------------------------------------
 
     def push_received(self, source: str) -> None:
@@ -206,8 +212,37 @@ class Metrics:
 
     # -- exposition ----------------------------------------------------------------
 
+    def add_refresh(self, function: Callable[[], None]) -> None:
+        """Call ``function`` before every scrape (to copy snapshots in)."""
+        self._refreshers.append(function)
+
+    def advance_reconnects(self, service: str, total: int) -> None:
+        """Bring the reconnect counter of ``service`` up to a cumulative ``total``."""
+        self._advance(self._reconnects, (service,), total)
+
+    def advance_renewals(self, service: str, kind: str, total: int) -> None:
+        """Bring JWT (``kind`` jwt) or OAuth (oauth) renewals up to ``total``."""
+        self._advance(self._renewals, (service, kind), total)
+
+    def advance_zmq_rejected(self, reason: str, total: int) -> None:
+        self._advance(self._zmq_rejected, (reason,), total)
+
+    def _advance(self, children: _Children, labels: tuple[str, ...], total: float) -> None:
+        key = (id(children), labels)
+        seen = self._totals_seen.get(key, 0)
+        # A smaller total: its source was replaced (a reload); count it anew.
+        delta = total - seen if total >= seen else total
+        if delta:
+            children.get(*labels).inc(delta)
+        self._totals_seen[key] = total
+
     def render(self) -> tuple[bytes, str]:
         """The body and content type for ``GET /metrics``."""
+        for refresh in self._refreshers:
+            try:
+                refresh()
+            except Exception:  # a broken snapshot must not break the scrape
+                logging.getLogger("sidecar.metrics").exception("metrics refresh failed")
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

@@ -183,7 +183,10 @@ class ApnsService(PushService):
         await self._endpoint.aclose()
 
     def statistics(self) -> Mapping[str, Any]:
-        return {"platform": self.platform, "app_id": self._app.app_id, **self._endpoint.statistics()}
+        stats = {"platform": self.platform, "app_id": self._app.app_id, **self._endpoint.statistics()}
+        if self._jwt is not None:  # shared by every service with the same team and key
+            stats["jwt_renewals"] = self._jwt.renewals
+        return stats
 
 
 def create_apns_service(

@@ -133,7 +133,7 @@ async def api(
 
     try:
         async with running_sidecar(config_dir) as handle:
-            store_name = type(handle.runtime.store).__name__
+            store_name = type(handle.runtime.store.inner).__name__  # behind the metrics wrapper
             assert store_name == {"sqlite": "SqliteTokenStore", "cassandra": "CassandraTokenStore"}[kind]
             async with httpx.AsyncClient(base_url=handle.http_url, timeout=30) as client:
                 yield ApiBackend(kind, handle, client, make_unavailable, make_available)

@@ -193,3 +193,46 @@ async def test_bad_bodies_get_the_sylk_shape(client: httpx.AsyncClient, sim: Sim
     assert answer.status_code == 413
     assert answer.json()["code"] == 413
     assert apns_records(sim) == []
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        metric_name, _, label_text = sample.partition("{")
+        have = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if metric_name == name and have == wanted:
+            return float(value)
+    return 0.0
+
+
+async def test_metrics_follow_connections_renewals_store_and_zmq(
+    client: httpx.AsyncClient, sidecar, sim: Simulator, sim_credentials
+) -> None:
+    app_id = f"{sim_credentials.token_bundle_id}.prod"
+    assert (await client.post("/push", json=sylk_body(sim_credentials))).status_code == 200
+    account = "alice@example.com"
+    added = await client.post(f"/v2/tokens/{account}", json={
+        "app-id": app_id, "platform": "apple", "token": TOKEN, "device-id": "d1"})
+    assert added.status_code == 200
+    from sidecar.wire import Sender
+
+    sender = Sender(sidecar.zmq_endpoint)
+    assert sender.send(b"not msgpack at all")
+    with trio.fail_after(10):
+        while sidecar.runtime.proxy_ingress.counters.bad < 1:
+            await trio.sleep(0.02)
+    sender.close()
+    text = (await client.get("/metrics")).text
+    service = f"apple:{app_id}"
+    assert metric(text, "pushsidecar_connections_open", service=service) == 1
+    assert metric(text, "pushsidecar_credential_renewals_total", service=service, kind="jwt") == 1
+    assert metric(text, "pushsidecar_store_operations_total", backend="sqlite", operation="add") == 1
+    assert metric(text, "pushsidecar_zmq_rejected_frames_total", reason="undecodable") == 1
+    assert metric(text, "pushsidecar_outcomes_total", app=app_id, platform="apple", outcome="delivered") == 1
+    # A second scrape does not count the same totals again.
+    again = (await client.get("/metrics")).text
+    assert metric(again, "pushsidecar_credential_renewals_total", service=service, kind="jwt") == 1
