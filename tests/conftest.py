@@ -1,6 +1,6 @@
 """Shared fixtures: real servers started per test session (see tests/*_fixtures.py)."""
 
-pytest_plugins = ["store_fixtures", "sidecar_fixtures"]
+pytest_plugins = ["store_fixtures", "sidecar_fixtures", "webhook_server"]
 
 import sys
 from pathlib import Path

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import subprocess
@@ -22,7 +21,6 @@ import time
 from pathlib import Path
 from typing import AsyncIterator
 
-import h11
 import httpx
 import pytest
 import trio
@@ -31,6 +29,7 @@ from sidecar.sim.creds import SimCredentials
 from sidecar.sim.server import Simulator
 
 from sidecar_fixtures import TOKEN, running_sidecar, sidecar_config
+from webhook_server import WebhookServer
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_PNS = REPO / "config" / "pns" / "sample_pns.py"
@@ -55,54 +54,6 @@ class WebhookCalls(AppType):
              "display-name": push.from_display_name, "media": push.media_type},
         )
 '''
-
-
-class WebhookServer:
-    """A tiny HTTP/1.1 server: answers POSTs with the next scripted status (default 200)."""
-
-    def __init__(self) -> None:
-        self.statuses: list[int] = []
-        self.received: list[tuple[str, dict[str, str], bytes]] = []
-        self.port = 0
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        while True:
-            request: h11.Request | None = None
-            body = b""
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    conn.receive_data(data)
-                elif isinstance(event, h11.Request):
-                    request = event
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:
-                    return
-            assert request is not None
-            self.received.append((request.target.decode(), {k.decode(): v.decode() for k, v in request.headers}, body))
-            status = self.statuses.pop(0) if self.statuses else 200
-            answer = json.dumps({"ok": status == 200, "n": len(self.received)}).encode()
-            headers = [("content-type", "application/json"), ("content-length", str(len(answer)))]
-            if status == 503:
-                headers.append(("retry-after", "0"))
-            await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers))
-                                  + conn.send(h11.Data(data=answer)) + conn.send(h11.EndOfMessage()))
-            conn.start_next_cycle()
-
-
-@pytest.fixture
-async def webhook(nursery: trio.Nursery) -> WebhookServer:
-    server = WebhookServer()
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
-    server.port = listeners[0].socket.getsockname()[1]
-    return server
 
 
 def plugin_config(tmp_path: Path, creds: SimCredentials, sim_port: int, webhook_port: int) -> Path:
@@ -183,7 +134,7 @@ async def test_custom_push_service_end_to_end(http: httpx.AsyncClient, webhook: 
 
 async def test_custom_push_service_retries_then_delivers(http: httpx.AsyncClient,
                                                          webhook: WebhookServer) -> None:
-    webhook.statuses = [503]
+    webhook.script = [(503, [("retry-after", "0")])]
     answer = await http.post("/push", json=call(**{"call-id": "hook-retry"}))
     assert answer.status_code == 200, answer.text
     assert answer.json()["data"]["body"] == {"ok": True, "n": 2}
@@ -191,7 +142,7 @@ async def test_custom_push_service_retries_then_delivers(http: httpx.AsyncClient
 
 
 async def test_custom_push_service_dead_token(http: httpx.AsyncClient, webhook: WebhookServer) -> None:
-    webhook.statuses = [410]
+    webhook.script = [(410, [])]
     answer = await http.post("/push", json=call(**{"call-id": "hook-dead"}))
     assert answer.status_code == 410, answer.text
     assert len(webhook.received) == 1  # a dead token is not retried

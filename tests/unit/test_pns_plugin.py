@@ -5,11 +5,9 @@ It pushes to a tiny HTTP/1.1 server (h11 over trio) on 127.0.0.1, port 0.
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
-import h11
 import pytest
 import trio
 
@@ -19,51 +17,6 @@ from sidecar.pns.base import Notification, PushService, PushServiceConfigError, 
 from sidecar.pns.registry import PushServices, load_plugin_classes
 
 PNS_DIR = Path(__file__).resolve().parents[2] / "config" / "pns"
-
-
-class WebhookServer:
-    """Answers each POST with the next scripted (status, headers) (default 200); keeps bodies."""
-
-    def __init__(self):
-        self.script: list[tuple[int, list[tuple[str, str]]]] = []
-        self.received: list[tuple[str, dict[str, str], bytes]] = []
-        self.port = 0
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        while True:
-            request, body = None, b""
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    conn.receive_data(data)
-                elif isinstance(event, h11.Request):
-                    request = event
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:
-                    return
-            headers = {k.decode(): v.decode() for k, v in request.headers}
-            self.received.append((request.target.decode(), headers, body))
-            status, extra = self.script.pop(0) if self.script else (200, [])
-            answer = b'{"ok": true}' if status == 200 else b""
-            response_headers = [("content-length", str(len(answer))), ("content-type", "application/json"), *extra]
-            await stream.send_all(conn.send(h11.Response(status_code=status, headers=response_headers)))
-            await stream.send_all(conn.send(h11.Data(data=answer)) + conn.send(h11.EndOfMessage()))
-            conn.start_next_cycle()
-
-
-@pytest.fixture
-async def webhook(nursery):
-    server = WebhookServer()
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
-    server.port = listeners[0].socket.getsockname()[1]
-    return server
 
 
 def app_config(**extra) -> AppConfig:
@@ -90,7 +43,7 @@ async def test_sample_plugin_delivers_the_payload(webhook, nursery):
     result = await service.send(make_push(), note)
     await service.aclose()
     assert result.verdict is Verdict.DELIVERED and result.status == 200
-    assert result.url == f"http://127.0.0.1:{webhook.port}/notify" and result.body == {"ok": True}
+    assert result.url == f"http://127.0.0.1:{webhook.port}/notify" and result.body == {"ok": True, "n": 1}
     target, headers, body = webhook.received[0]
     assert target == "/notify" and headers["content-type"] == "application/json"
     assert json.loads(body) == {
