@@ -171,16 +171,21 @@ def new_apns_key() -> tuple[bytes, bytes]:
     return private, public
 
 
-async def test_credentials_file_change_takes_effect(
-    tmp_path: Path, sim: Simulator, sim_credentials: SimCredentials
-) -> None:
-    # The app's key is a copy in this test's folder: the session's stays intact.
+def config_with_own_key(tmp_path: Path, sim: Simulator, sim_credentials: SimCredentials) -> tuple[Path, Path, str]:
+    """A config with one more Apple app whose .p8 key is a copy in this test's
+    folder (so the session's key stays intact): (config dir, key file, app-id)."""
     key_file = tmp_path / "AuthKey.p8"
     shutil.copy(sim_credentials.apns_key_file, key_file)
     config_dir = sidecar_config(tmp_path, sim_credentials, sim.port)
     apps = config_dir / "applications.ini"
     apps.write_text(apps.read_text() + new_app_section(sim_credentials, sim.port, key_file=key_file))
-    app_id = f"{NEW_BUNDLE}.prod"
+    return config_dir, key_file, f"{NEW_BUNDLE}.prod"
+
+
+async def test_credentials_file_change_takes_effect(
+    tmp_path: Path, sim: Simulator, sim_credentials: SimCredentials
+) -> None:
+    config_dir, key_file, app_id = config_with_own_key(tmp_path, sim, sim_credentials)
     try:
         async with running_daemon(config_dir, tmp_path) as daemon:
             async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as http:
@@ -239,12 +244,7 @@ async def test_sighup_applies_a_credentials_change_at_once(
 ) -> None:
     # `systemctl reload` after replacing a key: in force when the reload is
     # logged, without waiting for the file poller.
-    key_file = tmp_path / "AuthKey.p8"
-    shutil.copy(sim_credentials.apns_key_file, key_file)
-    config_dir = sidecar_config(tmp_path, sim_credentials, sim.port)
-    apps = config_dir / "applications.ini"
-    apps.write_text(apps.read_text() + new_app_section(sim_credentials, sim.port, key_file=key_file))
-    app_id = f"{NEW_BUNDLE}.prod"
+    config_dir, key_file, app_id = config_with_own_key(tmp_path, sim, sim_credentials)
     try:
         async with running_daemon(config_dir, tmp_path) as daemon:
             async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as http:
@@ -289,12 +289,7 @@ async def test_key_replaced_by_garbage_keeps_the_running_key(
 ) -> None:
     # The section is unchanged but its key file now holds garbage: the reload
     # is rejected and the service keeps the key it loaded, so pushes go on.
-    key_file = tmp_path / "AuthKey.p8"
-    shutil.copy(sim_credentials.apns_key_file, key_file)
-    config_dir = sidecar_config(tmp_path, sim_credentials, sim.port)
-    apps = config_dir / "applications.ini"
-    apps.write_text(apps.read_text() + new_app_section(sim_credentials, sim.port, key_file=key_file))
-    app_id = f"{NEW_BUNDLE}.prod"
+    config_dir, key_file, app_id = config_with_own_key(tmp_path, sim, sim_credentials)
     async with running_daemon(config_dir, tmp_path) as daemon:
         async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as http:
             assert await push_status(http, app_id, "before") == 200
