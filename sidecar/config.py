@@ -77,6 +77,9 @@ class Settings:
     spool_dir: Path = Path("/var/spool/pushsidecar")
     debug: bool = False
     debug_hpack: bool = False
+    # Issue 13: worker processes (0: one per core) and the HTTP/1.1 server.
+    workers: int = 1
+    http_server: str = "fast"  # fast (httptools, plain TCP) | hypercorn (also used with TLS)
     applications_file: Path = Path("applications.ini")
     credentials_folder: Path = Path("credentials")
     extra_applications_dir: Path | None = None
@@ -119,6 +122,8 @@ log_file = string(default='')
 spool_dir = string(default='/var/spool/pushsidecar')
 debug = boolean(default=False)
 debug_hpack = boolean(default=False)
+workers = integer(min=0, max=64, default=1)
+http_server = option('fast', 'hypercorn', default='fast')
 
 [applications]
 config_file = string(default='applications.ini')
@@ -284,6 +289,8 @@ def load_settings(
         or config_dir,
         debug=server["debug"],
         debug_hpack=server["debug_hpack"],
+        workers=server["workers"],
+        http_server=server["http_server"],
         applications_file=applications_file,
         credentials_folder=credentials_folder,
         extra_applications_dir=path_option(

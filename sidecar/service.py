@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -34,6 +35,9 @@ from .store.base import TokenStore
 logger = logging.getLogger("sidecar.service")
 
 STOP_GRACE_SECONDS = 5.0
+#: Set (to the worker's number) in each worker process started by
+#: :mod:`sidecar.workers`; such a worker binds the HTTP port with SO_REUSEPORT.
+WORKER_ENV = "PUSHSIDECAR_WORKER"
 
 
 def load_all(config_dir: Path) -> tuple[Settings, dict[str, AppType], dict[str, type[PushService]]]:
@@ -194,7 +198,7 @@ async def run_sidecar(
 
                 http_done = trio.Event()
                 http_urls = await nursery.start(
-                    _serve_http, create_http_app(runtime), settings, stop_requested, http_done)
+                    _serve_http, create_http_app(runtime), runtime, settings, stop_requested, http_done)
                 zmq_endpoint = None
                 if settings.zmq_enabled:
                     zmq_endpoint = await nursery.start(_serve_zmq, runtime, settings)
@@ -265,14 +269,31 @@ def _override(settings: Settings, *, ip: str | None, port: int | None) -> Settin
     return dataclasses.replace(settings, **changes)
 
 
-async def _serve_http(app: Any, settings: Settings, stop_requested: trio.Event, done: trio.Event,
-                      *, task_status) -> None:
+async def _serve_http(app: Any, runtime: Runtime, settings: Settings, stop_requested: trio.Event,
+                      done: trio.Event, *, task_status) -> None:
     """Serve the HTTP API until ``stop_requested``; set ``done`` once every
-    request was answered (or it failed)."""
+    request was answered (or it failed).
+
+    Plain HTTP/1.1 goes to our httptools server (``http_server = fast``, the
+    default: about a third of Hypercorn's CPU per request); TLS and
+    ``http_server = hypercorn`` to Hypercorn.  Both serve the same ASGI app.
+    """
     try:
-        await _serve_http_until_stopped(app, settings, stop_requested, task_status=task_status)
+        if settings.tls_certificate is None and settings.http_server == "fast":
+            from .ingress.fast_http import FastHttpServer
+
+            server = FastHttpServer(app, runtime, lambda: runtime.settings)
+            await server.serve(settings.host, settings.port, stop_requested,
+                               reuse_port=_reuse_port(), task_status=task_status)
+        else:
+            await _serve_http_until_stopped(app, settings, stop_requested, task_status=task_status)
     finally:
         done.set()
+
+
+def _reuse_port() -> bool:
+    """Whether this process is one of several workers sharing the port."""
+    return os.environ.get(WORKER_ENV) is not None
 
 
 async def _serve_http_until_stopped(app: Any, settings: Settings, stop_requested: trio.Event,

@@ -1,4 +1,9 @@
-"""The v1 HTTP API: POST /push, health, error shapes, access list, body limit, Hypercorn."""
+"""The v1 HTTP API: POST /push, health, error shapes, access list, body limit, Hypercorn.
+
+Every test that goes through :func:`client_for` runs twice: through the ASGI
+application as Hypercorn serves it, and through the fast HTTP/1.1 server
+(httptools and our connection loop, over a real socket pair).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from sidecar.config import AppConfig, Settings
 from sidecar.ingress.access import is_allowed
 from sidecar.ingress.http import create_http_app
 from sidecar.model import Outcome, OutcomeKind
+
+from fast_transport import FastServerTransport
 
 
 def make_settings(**changes) -> Settings:
@@ -59,8 +66,23 @@ SYLK_BODY = {
 }
 
 
+SERVER_PATH = {"name": "asgi"}
+
+
+@pytest.fixture(autouse=True, params=["asgi", "fast"])
+def server_path(request):
+    """Which server answers the requests of ``client_for``: the ASGI app
+    (Hypercorn's path) or the fast HTTP/1.1 server."""
+    SERVER_PATH["name"] = request.param
+    yield request.param
+    SERVER_PATH["name"] = "asgi"
+
+
 def client_for(runtime, client_addr=("127.0.0.1", 5000)) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=create_http_app(runtime), client=client_addr)
+    if SERVER_PATH["name"] == "fast":
+        transport = FastServerTransport(runtime, client_addr)
+    else:
+        transport = httpx.ASGITransport(app=create_http_app(runtime), client=client_addr)
     return httpx.AsyncClient(transport=transport, base_url="http://sidecar")
 
 
