@@ -312,6 +312,7 @@ class FastHttpServer:
             except Exception:
                 logger.exception("POST /push failed unexpectedly")
                 status, body = 500, sylk_json(500, "internal server error")
+            keep_alive = keep_alive and not self._stopping  # a stop may have come meanwhile
             await _send_all(sock, json_answer(status, body, keep_alive=keep_alive))
             return keep_alive
         answer = await self._through_asgi(connection, request, keep_alive)
