@@ -71,6 +71,7 @@ def generate_credentials(
     cert_bundle_id: str = DEFAULT_CERT_BUNDLE_ID,
     project_id: str = DEFAULT_PROJECT_ID,
     port: int = 443,
+    server_names: tuple[str, ...] = (),
 ) -> SimCredentials:
     """Write a fresh credential set into ``folder`` (created if missing).
 
@@ -80,6 +81,8 @@ def generate_credentials(
         cert_bundle_id: the subject UID of the APNs client certificate.
         project_id: the Firebase project of the service account.
         port: the port written into the service account's ``token_uri``.
+        server_names: more host names or IP addresses the server certificate
+            is valid for (a benchmark points Apple's host names at the simulator).
 
     Returns:
         The set, as :func:`load_credentials` would read it back.
@@ -116,6 +119,7 @@ def generate_credentials(
                 x509.DNSName("localhost"),
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                 x509.IPAddress(ipaddress.ip_address("::1")),
+                *(_general_name(name) for name in server_names),
             ]),
             critical=False,
         )
@@ -225,6 +229,13 @@ def write_service_account(creds: SimCredentials, port: int, host: str = "127.0.0
     info = creds.service_account()
     info["token_uri"] = token_uri(port, host)
     _write(creds.service_account_file, json.dumps(info, indent=2).encode(), secret=True)
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _builder(subject, issuer, public_key, now, issuer_key=None) -> x509.CertificateBuilder:
