@@ -209,40 +209,54 @@ class FastHttpServer:
         """Listen on ``host:port`` until ``stop`` is set, then finish the requests
         being answered and return.  Reports ``["http://host:port"]`` when listening."""
         listener = await open_listener(host, port, reuse_port=reuse_port)
-        bound = listener.getsockname()
-        self.server_address = (bound[0], bound[1])
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._accept_loop, listener, nursery)
-            task_status.started([f"http://{shown}:{bound[1]}"])
-            logger.info("HTTP/1.1 on http://%s:%d (fast path)", shown, bound[1])
-            await stop.wait()
-            self._stopping = True
+        try:
+            bound = listener.getsockname()
+            self.server_address = (bound[0], bound[1])
+            shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._accept_loop, listener, nursery)
+                task_status.started([f"http://{shown}:{bound[1]}"])
+                logger.info("HTTP/1.1 on http://%s:%d (fast path)", shown, bound[1])
+                await stop.wait()
+                self._stopping = True
+                trio.lowlevel.notify_closing(listener)
+                listener.close()
+                for connection in list(self._connections):
+                    if connection.idle and connection.recv_scope is not None:
+                        connection.recv_scope.cancel()
+        finally:
             listener.close()
-            for connection in list(self._connections):
-                if connection.idle and connection.recv_scope is not None:
-                    connection.recv_scope.cancel()
 
-    async def _accept_loop(self, listener: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         while True:
             try:
-                sock, peer = await listener.accept()
-            except (trio.ClosedResourceError, OSError) as exc:
-                if self._stopping or isinstance(exc, trio.ClosedResourceError):
+                sock, peer = listener.accept()
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(listener)
+                except trio.ClosedResourceError:
+                    return
+                continue
+            except OSError as exc:
+                if self._stopping or listener.fileno() < 0:
                     return
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     logger.warning("HTTP accept failed (%s); retrying in 100 ms", exc)
                     await trio.sleep(0.1)
-                    continue
                 continue  # ECONNABORTED and the like: that client is gone
+            sock.setblocking(False)
             nursery.start_soon(self.handle_connection, sock, peer)
 
     # -- one connection ------------------------------------------------------
 
-    async def handle_connection(self, sock: trio.socket.SocketType, peer: tuple[Any, ...] | None) -> None:
+    async def handle_connection(self, sock: socket.socket, peer: tuple[Any, ...] | None) -> None:
         """Read and answer requests on ``sock`` until the client or the server ends it.
 
-        ``peer`` is the client's address (what the access list checks).
+        ``sock`` is a non-blocking standard socket: its I/O goes through
+        trio's ``wait_readable``/``wait_writable`` only when it would block,
+        which saves trio's socket wrapper (two scheduler passes per call)
+        on each request.  ``peer`` is the client's address (what the access
+        list checks).
         """
         connection = _Connection(self, peer)
         self._connections.add(connection)
@@ -256,13 +270,12 @@ class FastHttpServer:
         finally:
             self._connections.discard(connection)
 
-    async def _read_loop(self, sock: trio.socket.SocketType, connection: _Connection) -> None:
+    async def _read_loop(self, sock: socket.socket, connection: _Connection) -> None:
         parser = connection.parser
-        recv = sock.recv
         while not (self._stopping and connection.idle):
             data = b""
             with trio.CancelScope() as connection.recv_scope:  # cancelled at stop while idle
-                data = await recv(RECEIVE_SIZE)
+                data = await _receive(sock)
             connection.recv_scope = None
             if not data:
                 return  # the client closed (a half-sent request gets no answer), or stop
@@ -298,7 +311,7 @@ class FastHttpServer:
                 connection.send_continue = False
                 await _send_all(sock, b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    async def _answer(self, sock: trio.socket.SocketType, connection: _Connection, request: _Request) -> bool:
+    async def _answer(self, sock: socket.socket, connection: _Connection, request: _Request) -> bool:
         """Answer one complete request; whether the connection stays open."""
         keep_alive = request.keep_alive and not self._stopping
         if request.refusal is not None:
@@ -389,25 +402,47 @@ def _asgi_answer(start: dict[str, Any], body: bytes, *, keep_alive: bool, head: 
     return b"".join(lines)
 
 
-async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+async def _receive(sock: socket.socket) -> bytes:
+    """The next bytes from the client (b"" when it closed).
+
+    Waits first: after an answer the next request is not there yet (the
+    client waits for the answer), so trying recv first would cost a system
+    call for nothing.
+    """
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return sock.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            continue
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    """Write ``data``; an answer fits the socket buffer, so this rarely waits."""
     view = memoryview(data)
     while view:
-        sent = await sock.send(view)
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
         view = view[sent:]
 
 
-async def open_listener(host: str, port: int, *, reuse_port: bool = False) -> trio.socket.SocketType:
-    """A listening TCP socket on ``host:port`` (``reuse_port``: SO_REUSEPORT, so
-    several worker processes can each bind the same port and the kernel spreads
-    the connections)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+async def open_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening non-blocking TCP socket on ``host:port`` (``reuse_port``:
+    SO_REUSEPORT, so several worker processes can each bind the same port and
+    the kernel spreads the connections among them)."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        await sock.bind((host, port))
+        sock.bind(address)
         sock.listen(BACKLOG)
+        sock.setblocking(False)
     except BaseException:
         sock.close()
         raise

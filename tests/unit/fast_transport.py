@@ -9,6 +9,8 @@ through httptools and our connection loop exactly as from a TCP client.
 
 from __future__ import annotations
 
+import socket
+
 import h11
 import httpx
 import trio
@@ -33,7 +35,9 @@ class FastServerTransport(httpx.AsyncBaseTransport):
         if body:
             wire += client.send(h11.Data(data=body))
         wire += client.send(h11.EndOfMessage())
-        ours, theirs = trio.socket.socketpair()
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs = trio.socket.from_stdlib_socket(theirs)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.server.handle_connection, ours, self.client)
             with theirs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from functools import partial
 
 import httpx
@@ -44,7 +45,9 @@ async def exchange(runtime, *chunks: bytes, client=("127.0.0.1", 9), half_close=
     """Send ``chunks`` (one write each) on one connection; everything answered."""
     server = FastHttpServer(create_http_app(runtime), runtime, lambda: runtime.settings)
     server.server_address = ("127.0.0.1", 8400)
-    ours, theirs = trio.socket.socketpair()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs = trio.socket.from_stdlib_socket(theirs)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.handle_connection, ours, client)
         with theirs:
