@@ -286,3 +286,35 @@ def test_repeated_values_cache_is_bounded_and_exact():
     assert len(obslog._repeated) <= obslog._REPEATED_MAX
     assert obslog._repeated_value(None) == "-"
     assert obslog._repeated_value("a b") == '"a b"'
+
+
+def test_push_records_from_the_template_are_like_records_made_by_logging():
+    import threading
+    import time as time_module
+
+    from sidecar.observe import log as log_module
+
+    target = logging.getLogger("sidecar.push.template-test")
+    first = log_module._push_record(target, logging.INFO, "one")  # made the usual way
+    time_module.sleep(0.002)
+    second = log_module._push_record(target, logging.WARNING, "two")  # copied from the first
+    usual = target.makeRecord(target.name, logging.WARNING, log_module._THIS_FILE,
+                              log_module._EMIT_LINE, "two", None, None, "_emit", None, None)
+    assert type(second) is type(usual)
+    assert set(vars(second)) == set(vars(usual))
+    for name in vars(usual):
+        if name not in ("created", "msecs", "relativeCreated"):
+            assert getattr(second, name) == getattr(usual, name), name
+    assert (second.levelname, second.getMessage(), first.getMessage()) == ("WARNING", "two", "one")
+    assert first.created < second.created <= usual.created
+    assert second.msecs == int((second.created - int(second.created)) * 1000)
+    assert second.thread == threading.get_ident()
+    # Another record factory (a test's capture) gets records made the usual way.
+    made = []
+    previous = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(lambda *a, **k: made.append(a) or previous(*a, **k))
+    try:
+        log_module._push_record(target, logging.INFO, "three")
+    finally:
+        logging.setLogRecordFactory(previous)
+    assert len(made) == 1
