@@ -35,9 +35,6 @@ from .store.base import TokenStore
 logger = logging.getLogger("sidecar.service")
 
 STOP_GRACE_SECONDS = 5.0
-#: Set (to the worker's number) in each worker process started by
-#: :mod:`sidecar.workers`; such a worker binds the HTTP port with SO_REUSEPORT.
-WORKER_ENV = "PUSHSIDECAR_WORKER"
 
 
 def load_all(config_dir: Path) -> tuple[Settings, dict[str, AppType], dict[str, type[PushService]]]:
@@ -166,15 +163,24 @@ async def run_sidecar(
     from .store.factory import open_store
     from .store.instrumented import InstrumentedStore
 
+    from .workers import WORKER_COUNT_ENV, WORKER_ZMQ_ENV, metrics_folder, worker_index
+
     settings, app_types, pns_plugins = load_all(config_dir)
     if ip is not None or port is not None:
         settings = _override(settings, ip=ip, port=port)
+    worker = worker_index()
+    if worker is not None and os.environ.get(WORKER_ZMQ_ENV):
+        # One of N workers: the supervisor routes the proxies' frames to our own socket.
+        import dataclasses
+
+        settings = dataclasses.replace(settings, zmq_endpoint=os.environ[WORKER_ZMQ_ENV])
     stop_requested = trio.Event()
     raw_store = await open_store(settings)
     try:
         with _unwrap_config_error():
             async with trio.open_nursery() as nursery:
-                factories = builtin_factories(debug_hpack=settings.debug_hpack, state_dir=settings.spool_dir)
+                factories = builtin_factories(debug_hpack=settings.debug_hpack, state_dir=settings.spool_dir,
+                                              shared_oauth=worker is not None)
                 for name, cls in pns_plugins.items():
                     factories[name] = cls
                 services = PushServices(nursery, factories)
@@ -195,6 +201,13 @@ async def run_sidecar(
                                   listeners=[remote_logger], metrics=metrics)
                 metrics.set_in_flight_function(lambda: runtime.dispatcher.in_flight)
                 metrics.add_refresh(lambda: refresh_metrics(runtime))
+                if worker is not None:
+                    from .observe.worker_metrics import WorkerMetrics
+
+                    shared = WorkerMetrics(metrics, metrics_folder(settings.run_dir), worker,
+                                           int(os.environ.get(WORKER_COUNT_ENV, "1")))
+                    metrics.render = shared.render  # type: ignore[method-assign]  # /metrics adds all up
+                    nursery.start_soon(shared.publish_loop)
 
                 http_done = trio.Event()
                 http_urls = await nursery.start(
@@ -293,7 +306,9 @@ async def _serve_http(app: Any, runtime: Runtime, settings: Settings, stop_reque
 
 def _reuse_port() -> bool:
     """Whether this process is one of several workers sharing the port."""
-    return os.environ.get(WORKER_ENV) is not None
+    from .workers import worker_index
+
+    return worker_index() is not None
 
 
 async def _serve_http_until_stopped(app: Any, settings: Settings, stop_requested: trio.Event,
@@ -308,6 +323,8 @@ async def _serve_http_until_stopped(app: Any, settings: Settings, stop_requested
     config.errorlog = logging.getLogger("sidecar.http.server")
     config.keep_alive_max_requests = 100000
     config.graceful_timeout = STOP_GRACE_SECONDS
+    if _reuse_port():
+        config.workers = 2  # not used to fork (we do): makes Hypercorn bind with SO_REUSEPORT
     if settings.tls_certificate is not None:
         config.certfile = str(settings.tls_certificate)
         config.keyfile = str(settings.tls_certificate)
@@ -397,6 +414,10 @@ def run_daemon(config_dir: str | None, *, ip: str | None, port: int | None, debu
         log_file=settings.log_file,
         debug_hpack=settings.debug_hpack,
     )
+    from .workers import run_supervisor, worker_count, worker_index
+
+    if worker_index() is None and worker_count(settings) > 1:
+        return run_supervisor(path, settings, ip=ip, port=port, debug=debug)
     try:
         trio.run(lambda: run_sidecar(path, ip=ip, port=port, log_handle=log_handle))
     except ConfigError as exc:

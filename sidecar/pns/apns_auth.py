@@ -19,6 +19,7 @@ atomically) and a new process adopts a stored token while it is younger than
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import jwt
 import trio
@@ -42,6 +43,8 @@ MIN_MAX_AGE = 20 * 60.0
 MAX_MAX_AGE = 60 * 60.0
 #: the file, in ``state_dir``, holding the current token of each (team, key id)
 TOKEN_FILE_NAME = "apns-provider-tokens.json"
+#: a token another worker stored is adopted only with this much life left
+SHARED_MARGIN = 60.0
 
 
 def load_apns_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -78,6 +81,11 @@ class ApnsJwtProvider:
             first use while younger than ``max_age`` (the caller checked it
             belongs to this team and key).
         on_renew: called with ``(token, iat)`` after each new token (persistence).
+        shared: returns the ``(token, iat)`` other processes stored (worker
+            processes sharing the spool folder); when due, a fresh one there
+            that is not the token being replaced is adopted instead of signing.
+        lock: a context manager factory held around that check and the
+            signing + storing, so concurrent workers make one token.
     """
 
     def __init__(
@@ -90,11 +98,16 @@ class ApnsJwtProvider:
         wall_clock: Callable[[], float] = time.time,
         stored: tuple[str, int] | None = None,
         on_renew: Callable[[str, int], None] | None = None,
+        shared: Callable[[], tuple[str, int] | None] | None = None,
+        lock: Callable[[], ContextManager[None]] | None = None,
     ):
         if not MIN_MAX_AGE <= max_age < MAX_MAX_AGE:
             raise ValueError(f"max_age must be between {MIN_MAX_AGE:.0f} and {MAX_MAX_AGE:.0f} seconds")
         self._stored = stored
         self._on_renew = on_renew
+        self._shared = shared
+        self._lock = lock
+        self._rejected: collections.deque[str] = collections.deque(maxlen=4)
         self._team_id = team_id
         self._key_id = key_id
         self._key = key
@@ -119,6 +132,7 @@ class ApnsJwtProvider:
         requests that carried the same rejected token cause one renewal.
         """
         if rejected and rejected == self._token:
+            self._rejected.append(rejected)
             self._made_at = -math.inf
             logger.warning("APNs rejected the token of team %s key %s; renewing it", self._team_id, self._key_id)
 
@@ -135,6 +149,31 @@ class ApnsJwtProvider:
                         self._team_id, self._key_id, max(age, 0.0))
 
     def _renew(self) -> None:
+        if self._lock is None:
+            self._sign()
+            return
+        with self._lock():
+            if not self._adopt_shared():
+                self._sign()
+
+    def _adopt_shared(self) -> bool:
+        """Take the token another worker stored, if fresh and not the one being replaced."""
+        found = self._shared() if self._shared is not None else None
+        if found is None:
+            return False
+        token, issued_at = found
+        if token == self._token or token in self._rejected:
+            return False
+        age = self._wall_clock() - issued_at
+        if not 0 <= age < self._max_age - SHARED_MARGIN:
+            return False
+        self._token = token
+        self._made_at = trio.current_time() - age
+        logger.info("APNs token for team %s key %s: adopted the one another worker made (%.0f s old)",
+                    self._team_id, self._key_id, age)
+        return True
+
+    def _sign(self) -> None:
         issued_at = int(self._wall_clock())
         self._token = jwt.encode(
             {"iss": self._team_id, "iat": issued_at},
@@ -206,6 +245,8 @@ class ApnsTokenCache:
             provider = ApnsJwtProvider(
                 team_id, key_id, key, max_age=self._max_age, wall_clock=self._wall_clock,
                 stored=stored, on_renew=on_renew,
+                shared=(lambda: store.load(team_id, key_id, key)) if self._store is not None else None,
+                lock=self._store.lock if self._store is not None else None,
             )
             self._providers[cache_key] = provider
         return provider
@@ -224,6 +265,12 @@ class TokenFile:
 
     def __init__(self, path: Path):
         self.path = path
+
+    def lock(self) -> ContextManager[None]:
+        """An exclusive lock between the processes sharing this file (workers)."""
+        from .shared_tokens import file_lock
+
+        return file_lock(self.path.with_name(self.path.name + ".lock"))
 
     def load(self, team_id: str, key_id: str, key: ec.EllipticCurvePrivateKey) -> tuple[str, int] | None:
         """The stored ``(token, iat)`` of this team + key if ``key`` verifies it."""

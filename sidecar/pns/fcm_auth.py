@@ -324,10 +324,14 @@ class OAuthTokenCache:
 
     Args:
         wall_clock: UNIX time, for the assertion's ``iat``.
+        shared_dir: a spool folder shared by worker processes: their tokens
+            are shared through it (:mod:`sidecar.pns.shared_tokens`); None:
+            this process only.
     """
 
-    def __init__(self, *, wall_clock: Callable[[], float] = time.time):
+    def __init__(self, *, wall_clock: Callable[[], float] = time.time, shared_dir: Path | None = None):
         self._wall_clock = wall_clock
+        self._shared_dir = shared_dir
         self._providers: dict[tuple[Path, int, Path | None], OAuthTokenProvider] = {}
 
     def provider(self, service_account_file: Path, *, ca_file: Path | None = None) -> OAuthTokenProvider:
@@ -355,6 +359,12 @@ class OAuthTokenCache:
 
             async def fetch() -> tuple[str, float]:
                 return await fetch_access_token(account, context, wall_clock=self._wall_clock)
+
+            if self._shared_dir is not None:
+                from .shared_tokens import SharedOAuthFetch
+
+                entry = f"{account.client_email}/{account.private_key_id or '-'}@{account.token_uri}"
+                fetch = SharedOAuthFetch(self._shared_dir, entry, fetch, wall_clock=self._wall_clock)  # type: ignore[assignment]
 
             provider = OAuthTokenProvider(fetch, name=account.client_email, account=account)
             self._providers[cache_key] = provider

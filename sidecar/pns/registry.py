@@ -40,11 +40,14 @@ def load_plugin_classes(folder: Path | None) -> dict[str, type[PushService]]:
     return found
 
 
-def builtin_factories(*, debug_hpack: bool = False, state_dir: Path | None = None) -> dict[str, ServiceFactory]:
+def builtin_factories(*, debug_hpack: bool = False, state_dir: Path | None = None,
+                      shared_oauth: bool = False) -> dict[str, ServiceFactory]:
     """Factories of the built-in services, sharing one JWT cache per process.
 
     ``state_dir`` (the spool dir) keeps APNs tokens across restarts, so a
-    restart does not earn 429 TooManyProviderTokenUpdates; None: memory only.
+    restart does not earn 429 TooManyProviderTokenUpdates, and shares them
+    between worker processes; None: memory only.  ``shared_oauth`` shares
+    the OAuth tokens through ``state_dir`` too (``workers`` > 1).
     """
     from .apns import ApnsService
     from .apns_auth import ApnsTokenCache
@@ -54,7 +57,7 @@ def builtin_factories(*, debug_hpack: bool = False, state_dir: Path | None = Non
     # One JWT per (team, key) and one OAuth token per service account, for
     # every application and connection of the process.
     token_cache = ApnsTokenCache(state_dir=state_dir)
-    oauth_cache = OAuthTokenCache()
+    oauth_cache = OAuthTokenCache(shared_dir=state_dir if shared_oauth else None)
 
     def apple(app: AppConfig, nursery: trio.Nursery) -> PushService:
         return ApnsService(app, nursery, token_cache=token_cache, debug_hpack=debug_hpack)
