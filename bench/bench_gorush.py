@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -110,7 +111,7 @@ core:
   enabled: true
   address: "127.0.0.1"
   port: "{port}"
-  worker_num: 0
+  worker_num: {workers}
   queue_num: 8192
   max_notification: 100
   sync: true
@@ -149,14 +150,17 @@ stat:
 """
 
 
-def start_gorush(binary: Path, folder: Path, creds: Any, sim_ip: str) -> tuple[subprocess.Popen, int]:
+def start_gorush(binary: Path, folder: Path, creds: Any, sim_ip: str, workers: int) -> tuple[subprocess.Popen, int]:
     """gorush in its own mount namespace with Apple's names on ``sim_ip``."""
     port = common.free_port()
     hosts = folder / "gorush-hosts"
     hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{sim_ip} {name}\n" for name in APPLE_HOSTS))
     config = folder / "gorush.yml"
+    # worker_num: gorush sends each queued notification from one of these
+    # workers and, in sync mode, each waits for APNs; its default (the number
+    # of cores) would cap it at 2 pushes in flight here.  One per connection.
     config.write_text(GORUSH_CONFIG.format(port=port, key=creds.apns_key_file, key_id=creds.key_id,
-                                           team_id=creds.team_id, folder=folder))
+                                           team_id=creds.team_id, folder=folder, workers=workers))
     # unshare without --fork execs in place: the Popen pid is gorush's.
     script = f'mount --bind "$1" /etc/hosts && exec "$2" -c "$3"'
     env = {**os.environ, "SSL_CERT_FILE": str(creds.ca_file), "GOMAXPROCS": str(os.cpu_count() or 1)}
@@ -261,6 +265,37 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores so far, from /proc/stat."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class Window:
+    """CPU of the server (all its processes), of the simulator and of the whole
+    machine over one measured window."""
+
+    def __init__(self, server_pid: int, sim_pid: int):
+        self.server_pid, self.sim_pid = server_pid, sim_pid
+        self.server0 = tree_cpu(server_pid)
+        self.sim0 = common.process_cpu_seconds(sim_pid)
+        self.machine0 = machine_busy()
+        self.t0 = time.perf_counter()
+
+    def close(self, delivered: int) -> dict:
+        elapsed = time.perf_counter() - self.t0
+        server = tree_cpu(self.server_pid) - self.server0
+        sim = common.process_cpu_seconds(self.sim_pid) - self.sim0
+        busy, total = (now - then for now, then in zip(machine_busy(), self.machine0))
+        return {
+            "elapsed": elapsed, "cpu_us_per_push": server / delivered * 1e6 if delivered else float("nan"),
+            "self_cpu_pct": 100 * server / elapsed, "server_cpu_pct": 100 * sim / elapsed,
+            "machine_busy_pct": 100 * busy / total if total else float("nan"),
+            "peak_rss_mb": tree_rss_mb(self.server_pid),
+        }
+
+
 def tree_rss_mb(pid: int) -> float:
     return sum(common.proc_status_kb("VmHWM", each) for each in tree_pids(pid)) / 1024
 
@@ -268,23 +303,27 @@ def tree_rss_mb(pid: int) -> float:
 # -- load ----------------------------------------------------------------------------------
 
 
+def connections_for(tokens_per_request: int, args) -> int:
+    """wrk connections: ``--connections`` for one token per request; for 100
+    tokens, enough for about as many pushes in flight as gorush's 100 per
+    notification allow without queueing thousands (at least 2)."""
+    return args.connections if tokens_per_request == 1 else max(2, args.connections // 16)
+
+
 def measure_http(name: str, process: subprocess.Popen, url: str, script: Path, args, sim, control,
                  tokens_per_request: int) -> dict:
-    wrk_load(url, args.connections, WARMUP_SECONDS, script)
-    delivered0, cpu0, sim_cpu0, t0 = control.delivered(), tree_cpu(process.pid), \
-        common.process_cpu_seconds(sim.pid), time.perf_counter()
-    report = wrk_load(url, args.connections, args.duration, script)
-    elapsed = time.perf_counter() - t0
-    cpu = tree_cpu(process.pid) - cpu0
-    sim_cpu = common.process_cpu_seconds(sim.pid) - sim_cpu0
+    connections = connections_for(tokens_per_request, args)
+    wrk_load(url, connections, WARMUP_SECONDS, script)
+    delivered0 = control.delivered()
+    window = Window(process.pid, sim.pid)
+    report = wrk_load(url, connections, args.duration, script)
     delivered = control.delivered() - delivered0
+    figures = window.close(delivered)
     expected = report["count"] * tokens_per_request
     return {
-        "rate": delivered / elapsed, "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
-        "cpu_us_per_push": cpu / delivered * 1e6 if delivered else float("nan"),
-        "peak_rss_mb": tree_rss_mb(process.pid), "server_cpu_pct": 100 * sim_cpu / elapsed,
-        "errors": report["errors"] + max(0, expected - delivered), "count": delivered,
-        "server_cpu_pct_self": 100 * cpu / elapsed,
+        **figures, "rate": delivered / figures["elapsed"], "p50_ms": report["p50_ms"],
+        "p99_ms": report["p99_ms"], "errors": report["errors"] + max(0, expected - delivered),
+        "count": delivered,
     }
 
 
@@ -315,7 +354,7 @@ def zmq_loadgen(endpoint: str, ip: str, ca_file: str, app_id: str, duration: flo
                                     token=TOKEN, display_name="Alice", media_type="audio",
                                     silent=True, sent_at=time.time(), ttl=30))
             sent += 1
-        time.sleep(0.01)
+        time.sleep(0.005)
     elapsed = time.time() - started
     # Let what was sent arrive, so in-flight pushes are not counted as lost.
     settle = time.perf_counter() + 10
@@ -337,11 +376,10 @@ def measure_zmq(process: subprocess.Popen, endpoint: str, args, sim, control, ap
 
     run(WARMUP_SECONDS)
     seq0 = control.total()
-    cpu0, sim_cpu0 = tree_cpu(process.pid), common.process_cpu_seconds(sim.pid)
+    window = Window(process.pid, sim.pid)
     result = run(args.duration)
     # CPU over the whole load incl. its settling: per delivered push.
-    cpu = tree_cpu(process.pid) - cpu0
-    sim_cpu = common.process_cpu_seconds(sim.pid) - sim_cpu0
+    figures = window.close(result["delivered"])
     latencies = []
     sample = result["sent_at_sample"]
     for record in control.records_since(seq0):
@@ -351,11 +389,9 @@ def measure_zmq(process: subprocess.Popen, endpoint: str, args, sim, control, ap
             latencies.append(record["time"] - sample[call_id])
     summary = common.latency_summary(latencies)
     return {
+        **figures,
         "rate": result["delivered"] / result["elapsed"] if result["elapsed"] else float("nan"),
         "p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"],
-        "cpu_us_per_push": cpu / result["delivered"] * 1e6 if result["delivered"] else float("nan"),
-        "peak_rss_mb": tree_rss_mb(process.pid),
-        "server_cpu_pct": 100 * sim_cpu / result["elapsed"],
         "errors": result["sent"] - result["delivered"], "count": result["delivered"],
     }
 
@@ -386,7 +422,7 @@ def h2load_ceiling(sim, creds, ip: str, topic: str, args, folder: Path) -> dict:
     payload = folder / "apns-payload.json"
     payload.write_text(json.dumps({"aps": {}, "event": "incoming_session", "session-id": "h2load"}))
     requests = max(2000, int(args.ceiling_requests))
-    command = [h2load, "-n", str(requests), "-c", "2", "-m", "200", "-t", "1",
+    command = [h2load, "-n", str(requests), "-c", "1", "-m", "100", "-t", "1",
                "-H", f"authorization: bearer {token}", "-H", f"apns-topic: {topic}",
                "-H", "apns-push-type: voip", "-H", "apns-priority: 10", "-d", str(payload),
                f"https://{ip}:443/3/device/{TOKEN}"]
@@ -424,28 +460,72 @@ def start_sidecar(folder: Path, creds: Any, sim_ip: str, workers: int) -> tuple[
 # -- output --------------------------------------------------------------------------------
 
 
-def print_condition(title: str, ceiling: dict, rows: list[tuple[str, dict]]) -> None:
-    common.print_table(title, rows)
+TABLE = [
+    ("pushes/s", "rate", "{:,.0f}"), ("p50 ms", "p50_ms", "{:.1f}"), ("p99 ms", "p99_ms", "{:.1f}"),
+    ("cpu us/push", "cpu_us_per_push", "{:.0f}"), ("RSS MB", "peak_rss_mb", "{:.0f}"),
+    ("own cpu %", "self_cpu_pct", "{:.0f}"), ("sim cpu %", "server_cpu_pct", "{:.0f}"),
+    ("machine %", "machine_busy_pct", "{:.0f}"), ("errors", "errors", "{:.0f}"),
+]
+
+
+def print_table(title: str, rows: list[tuple[str, dict]]) -> None:
+    print(f"\n{title}")
+    print(f"{'':<14}" + "".join(f"{name:>12}" for name, _, _ in TABLE))
+    for label, report in rows:
+        cells = []
+        for _, key, fmt in TABLE:
+            value = report.get(key)
+            cells.append("-" if value is None or (isinstance(value, float) and math.isnan(value))
+                         else fmt.format(value))
+        print(f"{label:<14}" + "".join(f"{cell:>12}" for cell in cells))
+
+
+def limiter(report: dict, ceiling: dict) -> str:
+    """What held a side back, from the figures of its window."""
+    if report.get("server_cpu_pct", 0) >= 85 or (
+            ceiling.get("rate") and report["rate"] >= 0.85 * ceiling["rate"]):
+        return "the simulator (near its ceiling)"
+    if report.get("machine_busy_pct", 0) >= 90:
+        return "the shared cores (machine busy: server + simulator + wrk + other processes)"
+    processes = max(1, round(report.get("self_cpu_pct", 0) / 100 + 0.49))
+    if report.get("self_cpu_pct", 0) >= 85 * processes:
+        return "its own CPU"
+    return "concurrency/latency (cores and simulator had room)"
+
+
+def print_condition(title: str, ceiling: dict, rows: list[tuple[str, dict]],
+                    ratios: dict[str, list[tuple[float, float]]] | None = None) -> None:
+    print_table(title, rows)
     base = dict(rows).get("gorush x1")
     if base and base.get("rate"):
         for label, report in rows:
             if label == "gorush x1" or not report.get("rate"):
                 continue
-            print(f"  {label} / gorush x1: pushes/s x{report['rate'] / base['rate']:.2f}, "
-                  f"cpu/push x{report['cpu_us_per_push'] / base['cpu_us_per_push']:.2f}")
+            if ratios is not None and ratios.get(label):
+                rate = common.median([r for r, _ in ratios[label]])
+                cpu = common.median([c for _, c in ratios[label]])
+                spread = ", ".join(f"x{r:.2f}" for r, _ in ratios[label])
+                print(f"  {label} / gorush x1 (median of the rounds' ratios): pushes/s x{rate:.2f} "
+                      f"({spread}), cpu/push x{cpu:.2f}")
+            else:
+                print(f"  {label} / gorush x1: pushes/s x{report['rate'] / base['rate']:.2f}, "
+                      f"cpu/push x{report['cpu_us_per_push'] / base['cpu_us_per_push']:.2f}")
     if "rate" in ceiling:
-        print(f"  simulator ceiling (h2load, 2 connections x 200 streams): {ceiling['rate']:,.0f} "
-              f"pushes/s at {ceiling['server_cpu_pct']:.0f} % of a core")
+        print(f"  simulator ceiling (h2load, 1 connection x 100 streams, straight to it): "
+              f"{ceiling['rate']:,.0f} pushes/s at {ceiling['server_cpu_pct']:.0f} % of a core")
         for label, report in rows:
             if report.get("rate"):
-                share = report["rate"] / ceiling["rate"]
-                limited = ("simulator-bound" if share > 0.85 or report.get("server_cpu_pct", 0) > 90
-                           else "bound by itself (or the shared cores)")
-                print(f"    {label}: {100 * share:.0f} % of the simulator's ceiling, simulator at "
-                      f"{report.get('server_cpu_pct', float('nan')):.0f} % CPU: {limited}")
+                print(f"    {label}: {100 * report['rate'] / ceiling['rate']:.0f} % of that; "
+                      f"limited by {limiter(report, ceiling)}")
     elif ceiling:
         print(f"  simulator ceiling: {ceiling.get('note')}")
     sys.stdout.flush()
+
+
+def median_report(reports: list[dict]) -> dict:
+    keys = {key for report in reports for key, value in report.items() if isinstance(value, (int, float))}
+    return {key: common.median([r[key] for r in reports if isinstance(r.get(key), (int, float))])
+            for key in keys}
 
 
 def ensure_tools() -> None:
@@ -464,9 +544,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="timed seconds per shape")
     parser.add_argument("--connections", type=int, default=64, help="wrk keep-alive connections")
-    parser.add_argument("--window", type=int, default=256, help="ZeroMQ pushes kept in flight")
+    parser.add_argument("--window", type=int, default=0,
+                        help="ZeroMQ pushes kept in flight (default: --connections)")
     parser.add_argument("--workers", default="1", help="sidecar workers; a list runs each (1,2)")
     parser.add_argument("--delays", default="0,20", help="simulator answer delays in ms")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat everything; medians at the end")
     parser.add_argument("--shapes", default="gorush1,gorush100,v1,zmq")
     parser.add_argument("--ceiling-requests", type=int, default=30000)
     parser.add_argument("--tarball", type=Path, default=None)
@@ -490,9 +572,11 @@ def main() -> None:
     delays = [float(d) for d in args.delays.split(",")]
     worker_counts = [int(w) for w in args.workers.split(",")]
     args.sim_ip = private_loopback_ip()
+    args.window = args.window or args.connections
     print(f"side by side: gorush {GORUSH_VERSION} vs pushsidecar; {args.duration:g} s per shape after "
-          f"{WARMUP_SECONDS} s of warm-up; wrk 1 thread, {args.connections} connections; ZeroMQ window "
-          f"{args.window}; one simulator on {args.sim_ip}:443; {os.cpu_count()} cores "
+          f"{WARMUP_SECONDS} s of warm-up; wrk 1 thread, {args.connections} connections "
+          f"({connections_for(100, args)} for 100 tokens per request); ZeroMQ window "
+          f"{args.window} pushes; gorush worker_num {args.connections}; one simulator on {args.sim_ip}:443; {os.cpu_count()} cores "
           f"(load average {os.getloadavg()[0]:.1f} before the run)")
     print("pushes/s = 200 answers counted by the simulator; cpu us/push = the measured server "
           "(all its processes); server cpu % = the simulator")
@@ -516,43 +600,72 @@ def main() -> None:
         for tokens in (1, 100):
             gorush_scripts[tokens] = folder / f"gorush{tokens}.lua"
             gorush_scripts[tokens].write_text(GORUSH_WRK.format(body=json.dumps(gorush_body(topic, tokens))))
-        for delay in delays:
-            control.set_delay(delay / 1000)
-            ceiling = h2load_ceiling(sim, creds, args.sim_ip, topic, args, folder)
-            rows: list[tuple[str, dict]] = []
-            if "gorush1" in shapes or "gorush100" in shapes:
-                gorush, port = start_gorush(binary, folder, creds, args.sim_ip)
-                try:
-                    common.wait_for_port(port, 30, gorush)
-                    for tokens in (1, 100):
-                        if f"gorush{tokens}" in shapes:
-                            rows.append((f"gorush x{tokens}", measure_http(
-                                "gorush", gorush, f"http://127.0.0.1:{port}/api/push",
-                                gorush_scripts[tokens], args, sim, control, tokens)))
-                finally:
-                    common.stop_process(gorush)
-            for workers in worker_counts:
-                suffix = f" w{workers}" if len(worker_counts) > 1 or workers != 1 else ""
-                sidecar, port, endpoint = start_sidecar(folder, creds, args.sim_ip, workers)
-                try:
-                    common.wait_for_port(port, 60, sidecar)
-                    if "v1" in shapes:
-                        rows.append((f"ours v1{suffix}", measure_http(
-                            "sidecar", sidecar, f"http://127.0.0.1:{port}/push", v1_script, args,
-                            sim, control, 1)))
-                    if "zmq" in shapes:
-                        rows.append((f"ours zmq{suffix}", measure_zmq(sidecar, endpoint, args, sim,
-                                                                       control, app_id)))
-                finally:
-                    common.stop_process(sidecar, timeout=15)
-            print_condition(f"APNs delay {delay:g} ms", ceiling, rows)
-            results["conditions"].append({"delay_ms": delay, "ceiling": ceiling, "rows": rows})
+        collected: dict[float, dict[str, list[dict]]] = {d: {} for d in delays}
+        ceilings: dict[float, list[dict]] = {d: [] for d in delays}
+        for round_number in range(1, args.rounds + 1):
+            for delay in delays:
+                control.set_delay(delay / 1000)
+                ceiling = h2load_ceiling(sim, creds, args.sim_ip, topic, args, folder)
+                rows = run_shapes(args, shapes, worker_counts, binary, folder, creds, sim, control,
+                                  app_id, v1_script, gorush_scripts)
+                suffix = f", round {round_number}/{args.rounds}" if args.rounds > 1 else ""
+                print_condition(f"APNs delay {delay:g} ms{suffix}", ceiling, rows)
+                ceilings[delay].append(ceiling)
+                for label, report in rows:
+                    collected[delay].setdefault(label, []).append(report)
+        results["rounds"] = {str(d): {label: reports for label, reports in by_label.items()}
+                             for d, by_label in collected.items()}
+        if args.rounds > 1:
+            print(f"\n=== medians of {args.rounds} rounds ===")
+            for delay in delays:
+                rows = [(label, median_report(reports)) for label, reports in collected[delay].items()]
+                ratios = {}
+                base_reports = collected[delay].get("gorush x1", [])
+                for label, reports in collected[delay].items():
+                    ratios[label] = [(r["rate"] / b["rate"], r["cpu_us_per_push"] / b["cpu_us_per_push"])
+                                     for r, b in zip(reports, base_reports) if b.get("rate")]
+                ceiling = median_report([c for c in ceilings[delay] if "rate" in c]) if any(
+                    "rate" in c for c in ceilings[delay]) else {}
+                print_condition(f"APNs delay {delay:g} ms (median of {args.rounds} rounds)", ceiling, rows,
+                                ratios)
         problems = [line for line in (folder / "sidecar.log").read_text(errors="replace").splitlines()
                     if " ERROR " in line or "Traceback" in line]
         if problems:
             print("sidecar log problems:\n  " + "\n  ".join(problems[:5]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def run_shapes(args, shapes, worker_counts, binary, folder, creds, sim, control, app_id, v1_script,
+               gorush_scripts) -> list[tuple[str, dict]]:
+    """Every shape once under the simulator's current delay: gorush, then ours."""
+    rows: list[tuple[str, dict]] = []
+    if "gorush1" in shapes or "gorush100" in shapes:
+        gorush, port = start_gorush(binary, folder, creds, args.sim_ip, args.connections)
+        try:
+            common.wait_for_port(port, 30, gorush)
+            for tokens in (1, 100):
+                if f"gorush{tokens}" in shapes:
+                    rows.append((f"gorush x{tokens}", measure_http(
+                        "gorush", gorush, f"http://127.0.0.1:{port}/api/push", gorush_scripts[tokens],
+                        args, sim, control, tokens)))
+        finally:
+            common.stop_process(gorush)
+    for workers in worker_counts:
+        suffix = f" w{workers}" if len(worker_counts) > 1 or workers != 1 else ""
+        sidecar, port, endpoint = start_sidecar(folder, creds, args.sim_ip, workers)
+        try:
+            common.wait_for_port(port, 60, sidecar)
+            if workers > 1:
+                time.sleep(2)  # every worker listening, not just the first
+            if "v1" in shapes:
+                rows.append((f"ours v1{suffix}", measure_http(
+                    "sidecar", sidecar, f"http://127.0.0.1:{port}/push", v1_script, args, sim, control, 1)))
+            if "zmq" in shapes:
+                rows.append((f"ours zmq{suffix}", measure_zmq(sidecar, endpoint, args, sim, control, app_id)))
+        finally:
+            common.stop_process(sidecar, timeout=15)
+    return rows
 
 
 if __name__ == "__main__":

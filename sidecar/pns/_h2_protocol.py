@@ -6,14 +6,23 @@ cost or h2's gaps, measured on our workload (~5,000 small requests/s).
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Callable
+from typing import Any, Callable
 
 import h2.config
 import h2.connection
 import h2.exceptions
 import hpack
 import hpack.table
+
+try:  # jh2's HPACK codec, in Rust (jh2 is h2's maintained fork; only its codec is used)
+    from jh2._hazmat import Decoder as _RustDecoder
+    from jh2._hazmat import Encoder as _RustEncoder
+    from jh2._hazmat import HPACKError as _RustHPACKError
+    from jh2._hazmat import OversizedHeaderListError as _RustOversizedHeaderList
+except ImportError:  # pragma: no cover - jh2 is a dependency; the pure-Python codec still works
+    _RustEncoder = _RustDecoder = None  # type: ignore[assignment, misc]
 
 from ._h2_errors import InvalidRequest
 
@@ -126,6 +135,92 @@ class _PlainEncoder(hpack.Encoder):
         return super().encode(headers, huffman=False)
 
 
+class RustHpackEncoder:
+    """jh2's Rust HPACK encoder with the interface h2 uses of ``hpack.Encoder``.
+
+    Per request it costs about a tenth of the pure-Python encoder (9 µs
+    instead of ~80 for an APNs header block, measured here).  Literals are
+    not Huffman-coded, as with :class:`_PlainEncoder`; names and values
+    are never marked never-indexed (see H2_CONFIG).
+    """
+
+    def __init__(self) -> None:
+        self._encoder = _RustEncoder()
+
+    @property
+    def header_table_size(self) -> int:
+        return self._encoder.header_table_size
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._encoder.header_table_size = value
+
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:
+        return self._encoder.encode(
+            [(name if name.__class__ is bytes else name.encode(),
+              value if value.__class__ is bytes else value.encode(),
+              isinstance(header, hpack.NeverIndexedHeaderTuple))
+             for header in headers for name, value in (header,)],
+            huffman=False,
+        )
+
+
+class RustHpackDecoder:
+    """jh2's Rust HPACK decoder with the interface h2 uses of ``hpack.Decoder``
+    (about 4 µs per response instead of ~65); its errors become hpack's, which
+    h2 turns into a connection error as before."""
+
+    def __init__(self) -> None:
+        self._decoder = _RustDecoder()
+
+    @property
+    def header_table_size(self) -> int:
+        return self._decoder.header_table_size
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._decoder.header_table_size = value
+
+    @property
+    def max_allowed_table_size(self) -> int:
+        return self._decoder.max_allowed_table_size
+
+    @max_allowed_table_size.setter
+    def max_allowed_table_size(self, value: int) -> None:
+        self._decoder.max_allowed_table_size = value
+
+    @property
+    def max_header_list_size(self) -> int:
+        return self._decoder.max_header_list_size
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._decoder.max_header_list_size = value
+
+    def decode(self, data: bytes, raw: bool = False) -> list[tuple[Any, Any]]:
+        try:
+            decoded = self._decoder.decode(data, raw=raw)
+        except _RustOversizedHeaderList as exc:
+            raise hpack.OversizedHeaderListError(str(exc)) from None
+        except _RustHPACKError as exc:
+            raise hpack.HPACKDecodingError(str(exc)) from None
+        except BaseException as exc:  # the codec panics on some invalid blocks
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise hpack.HPACKDecodingError(f"invalid header block: {exc}") from None
+        return [hpack.NeverIndexedHeaderTuple(name, value) if sensitive else (name, value)
+                for name, value, sensitive in decoded]
+
+
+def hpack_codec() -> tuple[Any, Any]:
+    """The (encoder, decoder) for a new connection: jh2's Rust codec, or the
+    pure-Python one when jh2 is missing or hpack's own debug log is wanted
+    (``debug_hpack``: it logs from the Python codec)."""
+    if _RustEncoder is None or logging.getLogger("hpack").isEnabledFor(logging.DEBUG):
+        return _PlainEncoder(), hpack.Decoder()
+    return RustHpackEncoder(), RustHpackDecoder()
+
+
 class ClientH2Connection(h2.connection.H2Connection):
     """h2's connection with a cheap open-stream count for new outbound streams.
 
@@ -139,7 +234,11 @@ class ClientH2Connection(h2.connection.H2Connection):
 
     def __init__(self, count_open: Callable[[], int]):
         super().__init__(config=H2_CONFIG)
-        self.encoder = _PlainEncoder()
+        decoder = self.decoder
+        self.encoder, self.decoder = hpack_codec()
+        # What h2's __init__ set on the decoder it made.
+        self.decoder.max_header_list_size = decoder.max_header_list_size
+        self.decoder.max_allowed_table_size = decoder.max_allowed_table_size
         self._count_open = count_open
         self._until_prune = _PRUNE_EVERY
 

@@ -22,7 +22,7 @@ import h2.events
 import h2.exceptions
 import pytest
 
-from sidecar.pns._h2_protocol import ClientH2Connection, _PlainEncoder
+from sidecar.pns._h2_protocol import ClientH2Connection, RustHpackDecoder, RustHpackEncoder, _PlainEncoder
 
 SETUP_CFG = Path(__file__).resolve().parents[2] / "setup.cfg"
 
@@ -37,10 +37,11 @@ def pinned(name: str) -> str:
     raise AssertionError(f"{name} is not pinned with == in setup.cfg install_requires")
 
 
-def test_installed_h2_is_the_pinned_version():
-    assert importlib.metadata.version("h2") == pinned("h2"), (
-        "h2 differs from the version sidecar/pns/_h2_protocol.py was checked against: "
-        "re-check its patches (and this file) before moving the pin")
+@pytest.mark.parametrize("package", ["h2", "jh2"])
+def test_installed_h2_and_jh2_are_the_pinned_versions(package):
+    assert importlib.metadata.version(package) == pinned(package), (
+        f"{package} differs from the version sidecar/pns/_h2_protocol.py was checked against: "
+        "re-check its patches and codec adapters (and this file) before moving the pin")
 
 
 def server() -> h2.connection.H2Connection:
@@ -100,11 +101,45 @@ def test_send_headers_consults_our_open_stream_count():
     client.send_headers(1, REQUEST, end_stream=True)
 
 
-def test_send_headers_uses_our_encoder_without_huffman():
+def test_send_headers_and_answers_go_through_the_rust_codec():
     client = ClientH2Connection(count_open=lambda: 0)
-    assert isinstance(client.encoder, _PlainEncoder)
+    assert isinstance(client.encoder, RustHpackEncoder) and isinstance(client.decoder, RustHpackDecoder)
+    srv = server()
+    handshake(client, srv)
+    for stream_id in (1, 3, 5):  # the dynamic table at work from the second request on
+        client.send_headers(stream_id, REQUEST + [("authorization", "bearer abc.def")], end_stream=True)
+        wire = client.data_to_send()
+        # Not Huffman-coded: the path's bytes appear literally in the HEADERS frame.
+        assert stream_id > 1 or b"/3/device/abcdef0123" in wire
+        [received, _] = srv.receive_data(wire)
+        assert (b"authorization", b"bearer abc.def") in received.headers
+        assert (b":path", b"/3/device/abcdef0123") in received.headers
+        srv.send_headers(stream_id, [(":status", "410"), ("apns-id", f"id-{stream_id}")], end_stream=True)
+        events = client.receive_data(srv.data_to_send())
+        response = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+        assert response.headers == [(b":status", b"410"), (b"apns-id", f"id-{stream_id}".encode())]
+
+
+def test_a_corrupt_header_block_is_a_connection_error():
+    client = ClientH2Connection(count_open=lambda: 0)
     srv = server()
     handshake(client, srv)
     client.send_headers(1, REQUEST, end_stream=True)
-    # Not Huffman-coded: the path's bytes appear literally in the HEADERS frame.
-    assert b"/3/device/abcdef0123" in client.data_to_send()
+    srv.receive_data(client.data_to_send())
+    # A HEADERS frame on stream 1 whose block indexes a table entry that does not exist.
+    frame = b"\x00\x00\x01\x01\x05\x00\x00\x00\x01" + b"\xff"
+    with pytest.raises(h2.exceptions.ProtocolError):
+        client.receive_data(frame)
+
+
+def test_hpack_debug_logging_keeps_the_python_codec():
+    import logging
+
+    hpack_log = logging.getLogger("hpack")
+    previous = hpack_log.level
+    hpack_log.setLevel(logging.DEBUG)
+    try:
+        client = ClientH2Connection(count_open=lambda: 0)
+    finally:
+        hpack_log.setLevel(previous)
+    assert isinstance(client.encoder, _PlainEncoder)
