@@ -651,6 +651,9 @@ class Sender:
             ``reconnect_ms`` (backing off to ``reconnect_max_ms``), so call
             :meth:`connect` early (in ``child_init``): a socket needs a moment
             to connect before its first send.
+        connect_wait_ms: how long the first :meth:`ready` or :meth:`send` of a
+            new socket may wait for its connection (once per process; for a
+            script that cannot connect before its first call).
     """
 
     def __init__(
@@ -665,6 +668,7 @@ class Sender:
         immediate: bool = False,
         reconnect_ms: int = 20,
         reconnect_max_ms: int = 100,
+        connect_wait_ms: int = 0,
     ) -> None:
         self.endpoint = endpoint or os.environ.get("PUSHSIDECAR_ENDPOINT") or DEFAULT_ENDPOINT
         if sndhwm is None:
@@ -678,6 +682,8 @@ class Sender:
         self._immediate = immediate
         self._reconnect = (reconnect_ms, reconnect_max_ms)
         self._pollout = 0
+        self._connect_wait_ms = connect_wait_ms
+        self._fresh = False  # a new socket that may still be connecting
         self._pid = -1
         self._socket: Any = None
         self._send_frame: Callable[[bytes, int], Any] | None = None
@@ -723,8 +729,14 @@ class Sender:
         except (ImportError, AttributeError):
             self._send_frame = sock.send
         self._pid = pid
+        self._fresh = self._immediate and self._connect_wait_ms > 0
         self.sockets_created += 1
         return sock
+
+    def _await_connection(self) -> None:
+        """Once per new socket: give it up to ``connect_wait_ms`` to connect."""
+        self._fresh = False
+        self._socket.poll(self._connect_wait_ms, self._pollout)
 
     def connect(self) -> bool:
         """Open this process's socket now (it connects in the background); never raises."""
@@ -745,6 +757,8 @@ class Sender:
             if self._socket is None or (self._check_pid and self._getpid() != self._pid):
                 if not self.connect():
                     return False
+            if self._fresh:
+                self._await_connection()
             return bool(self._socket.getsockopt(_ZMQ_EVENTS) & self._pollout)
         except Exception as exc:
             self.errors += 1
@@ -760,11 +774,14 @@ class Sender:
                     self._open(pid)
             elif self._socket is None:
                 self._open(self._getpid())
+            if self._fresh:
+                self._await_connection()
             self._send_frame(frame, self._noblock)  # type: ignore[misc]
         except self._again:
             self.dropped += 1
+            why = "no sidecar connected there, or its queue is full" if self._immediate else "its queue is full"
             self._warn(
-                f"pushsidecar: queue to {self.endpoint} is full, push dropped "
+                f"pushsidecar: push to {self.endpoint} dropped: {why} "
                 f"({self.dropped} dropped so far); is the sidecar running?"
             )
             return False
