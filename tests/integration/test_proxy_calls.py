@@ -472,6 +472,7 @@ async def test_sidecar_down_fails_fast_then_recovers(proxy, tmp_path, sim, sim_c
     try:
         phone = linphone_ios(new_user("lou"), creds)
         await register(tmp_path, running, phone)
+        await trio.sleep(0.3)  # the proxies' sockets have tried to connect
         refused = sipp(tmp_path, f"refused-{phone.user}", "caller_refused.xml", running,
                        keys={"callee": phone.user}, calls=5, rate=10)
         elapsed = await in_thread(refused.assert_ok, 15)
