@@ -136,3 +136,14 @@ def test_syntax_error_names_file(tmp_path: Path) -> None:
 
 def test_missing_general_ini(tmp_path: Path) -> None:
     assert "general.ini" in problems_of(tmp_path)[0]
+
+
+def test_workers_and_http_server_options(tmp_path: Path) -> None:
+    defaults = load_settings(write_config(tmp_path, "", APPLE_APP))
+    assert (defaults.workers, defaults.http_server) == (1, "fast")
+    chosen = load_settings(write_config(tmp_path, "[server]\nworkers = 0\nhttp_server = hypercorn\n", APPLE_APP))
+    assert (chosen.workers, chosen.http_server) == (0, "hypercorn")
+    for bad, option in (("workers = -1", "workers"), ("workers = many", "workers"),
+                        ("http_server = nginx", "http_server")):
+        problems = problems_of(write_config(tmp_path, f"[server]\n{bad}\n", APPLE_APP))
+        assert any("general.ini" in p and "[server]" in p and option in p for p in problems), problems
