@@ -107,6 +107,7 @@ class Push:
     content_type: str | None = None
     source: str = "http"
     request_id: str = dataclasses.field(default_factory=new_request_id)
+    peer: str | None = None  # who sent it: HTTP client address, or the ZeroMQ endpoint
 
     def replace(self, **changes: Any) -> "Push":
         return dataclasses.replace(self, **changes)

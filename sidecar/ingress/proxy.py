@@ -27,6 +27,7 @@ class ProxyIngress:
         self._nursery = nursery
         self.counters = ZmqIngressCounters()
         self.rejected = 0
+        self.endpoint: str | None = None  # the bound endpoint: peer= in the log lines
 
     def handle(self, msg: WireMessage) -> None:
         ttl = remaining_ttl(msg, time.time())
@@ -55,6 +56,7 @@ class ProxyIngress:
         return build_push(
             to_sylk_fields(msg), settings=runtime.settings, app_types=runtime.app_types,
             source="zmq", now=trio.current_time(), wall_now=time.time(), ttl=ttl,
+            peer=self.endpoint,
         )
 
     def _reject(self, msg: WireMessage, exc: PushValidationError) -> None:
@@ -87,7 +89,8 @@ class ProxyIngress:
                                     kind=OutcomeKind.REJECTED)
             return
         results = await push_to_devices(
-            runtime, msg.account, devices, to_sylk_fields(msg), source="zmq", ttl=ttl
+            runtime, msg.account, devices, to_sylk_fields(msg), source="zmq", ttl=ttl,
+            peer=self.endpoint,
         )
         for result in results:
             if result.error is not None:  # never dispatched: record its outcome here

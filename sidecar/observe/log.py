@@ -488,7 +488,7 @@ def log_received(
     value, same = format_value, _repeated_value
     _emit_text(target, logging.INFO, push, (
         f"event=received call_id={value(push.call_id)} request_id={value(push.request_id)} "
-        f"source={same(source or push.source)} peer={same(peer)} app={same(push.app_id)} "
+        f"source={same(source or push.source)} peer={value(peer or push.peer)} app={same(push.app_id)} "
         f"platform={same(push.platform)} device={same(push.device_id)} "
         f"token={value(token_hint(push.token))} push_event={same(push.event.value)} "
         f"from={value(push.from_uri)} to={value(push.to_uri)}"))

@@ -237,8 +237,9 @@ def run_import_sylk_pickle(
         async with store_context(settings) as store:
             report = await import_sylk_pickle(path, store)
         print(
-            f"imported {report.devices} device(s) of {report.accounts} account(s) "
-            f"into {_describe_store(settings)}; skipped {len(report.skipped)}",
+            f"imported {report.devices}, already present {report.already_present} "
+            f"(devices of {report.accounts} account(s)) into {_describe_store(settings)}; "
+            f"skipped {len(report.skipped)}",
             file=out,
         )
         for line in report.skipped:

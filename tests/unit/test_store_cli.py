@@ -126,10 +126,12 @@ def test_import_list_remove(tmp_path):
     s = settings(tmp_path)
     pickle_file = tmp_path / "webrtc_device_tokens"
     pickle_file.write_bytes(pickle.dumps(GOOD))
-    for _ in range(2):  # idempotent
-        code, out, _ = call(run_import_sylk_pickle, s, pickle_file)
-        assert code == EXIT_OK
-        assert "imported 2 device(s) of 1 account(s)" in out
+    code, out, _ = call(run_import_sylk_pickle, s, pickle_file)
+    assert code == EXIT_OK
+    assert "imported 2, already present 0 (devices of 1 account(s))" in out
+    code, out, _ = call(run_import_sylk_pickle, s, pickle_file)  # idempotent, and says so
+    assert code == EXIT_OK
+    assert "imported 0, already present 2 (devices of 1 account(s))" in out
     assert stored(tmp_path) == [("app.1", "dev1"), ("app.2", "dev2")]
 
     code, out, _ = call(run_list, s, "alice@example.com")

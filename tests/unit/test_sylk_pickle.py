@@ -104,11 +104,13 @@ async def test_plain_sylk_file_imports_with_every_pickle_protocol(tmp_path, stor
 
 async def test_importing_twice_leaves_no_duplicates_and_takes_new_values(tmp_path, store):
     path = write_pickle(tmp_path / "webrtc_device_tokens", SYLK_DATA)
-    await import_sylk_pickle(path, store)
+    first = await import_sylk_pickle(path, store)
+    assert (first.devices, first.already_present) == (3, 0)
     changed = {"alice@example.com": {"k": dict(SYLK_DATA["alice@example.com"]["com.agprojects.sylk-DEV2"], token="newer")}}
-    await import_sylk_pickle(write_pickle(tmp_path / "again", changed), store)
+    report = await import_sylk_pickle(write_pickle(tmp_path / "again", changed), store)
+    assert (report.devices, report.already_present) == (1, 0)  # new values replace the stored ones
     report = await import_sylk_pickle(path, store)
-    assert report.devices == 3
+    assert (report.devices, report.already_present) == (1, 2)  # DEV2 back to the file's token
     alice = await store.devices("alice@example.com")
     assert sorted(r.device_id for r in alice) == ["DEV1", "DEV2"]
     assert len(await store.devices("bob@example.org")) == 1
