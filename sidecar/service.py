@@ -498,6 +498,7 @@ def run_daemon(config_dir: str | None, *, ip: str | None, port: int | None, debu
             log_to_file=settings.log_to_file,
             log_file=settings.log_file,
             debug_hpack=settings.debug_hpack,
+            debug_cassandra=settings.cassandra.debug,
         )
     except OSError as exc:
         print(f"cannot start: cannot open the log file {settings.log_file} ([server] log_file): "
