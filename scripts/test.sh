@@ -8,6 +8,7 @@ bash scripts/setup.sh
 
 export PUSHSIDECAR_REQUIRE_KAMAILIO=1
 export PUSHSIDECAR_REQUIRE_SYSTEMD=1
+export PUSHSIDECAR_REQUIRE_CHROMIUM=1
 export PUSHSIDECAR_CASSANDRA=1
 bash .ci/cassandra.sh install
 

@@ -327,6 +327,38 @@ class PushFastLane:
         await send_json(send, status, body)
 
 
+# -- the documentation pages ---------------------------------------------------------------
+
+#: /docs and /redoc may load only what the sidecar serves.  Their assets are
+#: ours already (fastapi-offline); this also stops ReDoc's footer from asking
+#: Redocly's CDN for its logo (the image is then left out, by ReDoc itself).
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+).encode()
+DOCS_PAGES = frozenset({"/docs", "/redoc"})
+
+
+class DocsPolicy:
+    """Adds :data:`DOCS_CSP` to the answers of the documentation pages."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in DOCS_PAGES:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"content-security-policy", DOCS_CSP)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_policy)
+
+
 # -- OpenAPI documentation models (not used for validation) --------------------------------
 
 
@@ -445,7 +477,8 @@ def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> ASGIApp:
     # middleware, which would run Starlette's error and telemetry layers
     # first): the access list runs first, then the body limit, then the fast
     # lane for POST /push; anything else goes on to FastAPI.
-    inner: ASGIApp = PushFastLane(app, runtime) if fast_lane else app
+    inner: ASGIApp = DocsPolicy(app)
+    inner = PushFastLane(inner, runtime) if fast_lane else inner
     inner = BodyLimitMiddleware(inner, current_settings=lambda: runtime.settings)
     return AccessListMiddleware(inner, current_settings=lambda: runtime.settings)
 
