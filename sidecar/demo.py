@@ -35,7 +35,7 @@ def run_demo(*, port: int = 8400, folder: Path | None = None, keep: bool = False
     """Run until Ctrl-C.  Exit 0, or 1 when the sidecar cannot start (one line)."""
     from .config import ConfigError
     from .observe.log import setup_logging
-    from .service import StartupError
+    from .service import StartupError, leaf_exceptions
 
     temporary = folder is None
     folder = Path(folder or tempfile.mkdtemp(prefix="pushsidecar-demo-")).absolute()
@@ -46,7 +46,7 @@ def run_demo(*, port: int = 8400, folder: Path | None = None, keep: bool = False
     try:
         trio.run(_demo, folder, port)
     except BaseException as exc:  # noqa: BLE001 - sorted out below, re-raised if unknown
-        leaves = list(_leaves(exc))
+        leaves = [exc] if not isinstance(exc, BaseExceptionGroup) else list(leaf_exceptions(exc))
         if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
             pass
         elif all(isinstance(leaf, (StartupError, ConfigError, KeyboardInterrupt)) for leaf in leaves):
@@ -66,14 +66,6 @@ def run_demo(*, port: int = 8400, folder: Path | None = None, keep: bool = False
         else:
             print(f"\nkept {folder}: configuration, credentials (private keys!) and {LOG_FILE_NAME}")
     return code
-
-
-def _leaves(exc: BaseException):
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
 
 async def _demo(folder: Path, port: int) -> None:

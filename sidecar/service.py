@@ -315,18 +315,19 @@ def _unwrap_config_error() -> Iterator[None]:
     except BaseExceptionGroup as group:
         startup, rest = group.split((StartupError, EndpointError))
         if startup is not None and rest is None:
-            raise StartupError("; ".join(str(exc) for exc in _leaves(startup))) from group
+            raise StartupError("; ".join(str(exc) for exc in leaf_exceptions(startup))) from group
         errors, rest = group.split(ConfigError)
         if errors is None or rest is not None:
             raise
-        problems = [p for exc in _leaves(errors) for p in exc.problems]
+        problems = [p for exc in leaf_exceptions(errors) for p in exc.problems]
         raise ConfigError(problems) from group
 
 
-def _leaves(group: BaseExceptionGroup) -> Iterator[Any]:
+def leaf_exceptions(group: BaseExceptionGroup) -> Iterator[Any]:
+    """The exceptions of a (nested) group, groups flattened."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
+            yield from leaf_exceptions(exc)
         else:
             yield exc
 
