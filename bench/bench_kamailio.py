@@ -44,8 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from kamailio_fixtures import (  # noqa: E402
-    SIPP, SIPP_DIR, Kamailio, _tool, free_udp_port, start_kamailio,
+from proxy_fixtures import (  # noqa: E402
+    SIPP, SIPP_DIR, Proxy, _tool, free_udp_port, start_kamailio,
 )
 
 VOIP_TOKEN = "ab" * 32
@@ -148,7 +148,7 @@ def start_sidecar(tmp: Path, config: Path) -> Proc:
 # sipp
 
 
-def run_sipp(tmp: Path, name: str, scenario: str, kam: Kamailio, *, calls: int, rate: int,
+def run_sipp(tmp: Path, name: str, scenario: str, kam: Proxy, *, calls: int, rate: int,
              keys: dict[str, str], timeout: float) -> tuple[int, Path, str]:
     """Run sipp to the end (no message trace: it would slow sipp down); return
     (exit status, its -trace_logs file, its screen output)."""
@@ -172,7 +172,7 @@ def run_sipp(tmp: Path, name: str, scenario: str, kam: Kamailio, *, calls: int, 
     return code, log_file, (folder / "stdout.log").read_text(errors="replace")
 
 
-def register(tmp: Path, kam: Kamailio, user: str, pn: str) -> None:
+def register(tmp: Path, kam: Proxy, user: str, pn: str) -> None:
     code, _, screen = run_sipp(tmp, f"register-{user}", "register.xml", kam, calls=1, rate=1,
                                keys={"user": user, "contact_port": str(free_udp_port()), "pn": pn},
                                timeout=15)
@@ -296,7 +296,7 @@ def per_call_cost(tmp: Path, endpoint: str, pn: str, calls: int, rate: int) -> d
     }
 
 
-def sustained(tmp: Path, kam: Kamailio, records: SimRecords, pn: str, rate: int, seconds: float,
+def sustained(tmp: Path, kam: Proxy, records: SimRecords, pn: str, rate: int, seconds: float,
               sidecar_log: Path) -> dict:
     """(b) and (c): one fixed-rate run; loss and INVITE-to-push latency."""
     calls = int(rate * seconds)

@@ -106,6 +106,9 @@ class Push:
     content: str | None = None
     content_type: str | None = None
     source: str = "http"
+    #: for APNs: a development build (RFC 8599 ``pn-provider=apns.dev``),
+    #: sent to the application's sandbox URL
+    sandbox: bool = False
     request_id: str = dataclasses.field(default_factory=new_request_id)
     peer: str | None = None  # who sent it: HTTP client address, or the ZeroMQ endpoint
 

@@ -53,11 +53,14 @@ class ProxyIngress:
 
     def _build(self, msg: WireMessage, ttl: float):
         runtime = self._runtime
-        return build_push(
+        push, app, app_type = build_push(
             to_sylk_fields(msg), settings=runtime.settings, app_types=runtime.app_types,
             source="zmq", now=trio.current_time(), wall_now=time.time(), ttl=ttl,
             peer=self.endpoint,
         )
+        if msg.sandbox:  # a development build: APNs's sandbox (Sylk's fields have no such key)
+            push = push.replace(sandbox=True)
+        return push, app, app_type
 
     def _reject(self, msg: WireMessage, exc: PushValidationError) -> None:
         self.rejected += 1
