@@ -233,10 +233,7 @@ def read_settings(
     applications that failed are left out, so that callers (check-config)
     can go on checking what did load.
     """
-    import configobj
-    import validate
-
-    from .config_ini import IniError, closest, inline_comment, read_ini, split_list, clean_value
+    from .config_ini import IniError, read_ini
 
     config_dir = Path(config_dir).resolve()
     general_path = config_dir / "general.ini"
@@ -251,46 +248,11 @@ def read_settings(
     except IniError as exc:
         return None, exc.problems, warnings
 
-    spec = general_spec()
-    data: dict[str, dict[str, Any]] = {}
-    for section, options in raw.items():
-        known = spec.get(section)
-        if known is None:
-            hint = closest(section, spec)
-            warnings.append(f"{general_path} [{section}]: unknown section"
-                            + (f" (did you mean [{hint}]?)" if hint else "") + "; ignored")
-            continue
-        values: dict[str, Any] = {}
-        for option, value in options.items():
-            if option not in known:
-                hint = closest(option, known)
-                warnings.append(f"{general_path} [{section}] {option}: unknown option"
-                                + (f" (did you mean {hint}?)" if hint else "") + "; ignored")
-                continue
-            comment = inline_comment(value)
-            if comment is not None:
-                problems.append(_inline_comment_problem(general_path, section, option, comment))
-                continue
-            is_list = known[option].startswith(("force_list", "list"))
-            values[option] = split_list(value) if is_list else clean_value(value)
-        data[section] = values
-
-    general = configobj.ConfigObj(data, configspec=GENERAL_SPEC.splitlines(), interpolation=False)
-    result = general.validate(validate.Validator(), preserve_errors=True)
-    if result is not True:
-        for sections, option, error in configobj.flatten_errors(general, result):
-            where = "".join(f"[{s}]" for s in sections)
-            what = option if option is not None else "(section)"
-            problems.append(f"{general_path} {where} {what}: {error or 'missing'}")
-            if option is not None:  # go on with the default, to check the rest
-                section_values = general
-                for name in sections:
-                    section_values = section_values[name]
-                section_values.pop(option, None)
-        general = configobj.ConfigObj(
-            {s: {o: v for o, v in general[s].items()} for s in general.sections},
-            configspec=GENERAL_SPEC.splitlines(), interpolation=False)
-        general.validate(validate.Validator(), preserve_errors=True)
+    data, value_problems, value_warnings = _general_values(general_path, raw)
+    problems += value_problems
+    warnings += value_warnings
+    general, validation_problems = _validated_general(general_path, data)
+    problems += validation_problems
 
     server = general["server"]
     apps_section = general["applications"]
@@ -390,6 +352,73 @@ def read_settings(
         warnings=tuple(warnings),
     )
     return settings, problems, warnings
+
+
+def _general_values(
+    path: Path, raw: dict[str, dict[str, str]],
+) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+    """The known options of general.ini, cleaned (lists split): ``(values, problems, warnings)``."""
+    from .config_ini import clean_value, closest, inline_comment, split_list
+
+    spec = general_spec()
+    problems: list[str] = []
+    warnings: list[str] = []
+    data: dict[str, dict[str, Any]] = {}
+    for section, options in raw.items():
+        known = spec.get(section)
+        if known is None:
+            warnings.append(_unknown(path, f"[{section}]", "section", closest(section, spec), brackets=True))
+            continue
+        values: dict[str, Any] = {}
+        for option, value in options.items():
+            if option not in known:
+                warnings.append(_unknown(path, f"[{section}] {option}", "option", closest(option, known)))
+                continue
+            comment = inline_comment(value)
+            if comment is not None:
+                problems.append(_inline_comment_problem(path, section, option, comment))
+                continue
+            is_list = known[option].startswith(("force_list", "list"))
+            values[option] = split_list(value) if is_list else clean_value(value)
+        data[section] = values
+    return data, problems, warnings
+
+
+def _validated_general(path: Path, data: dict[str, dict[str, Any]]) -> tuple[Any, list[str]]:
+    """``data`` checked and typed by GENERAL_SPEC: ``(configobj, problems)``.
+
+    An option that fails is reported and replaced by its default, so the
+    rest of the configuration can still be checked.
+    """
+    import configobj
+    import validate
+
+    general = configobj.ConfigObj(data, configspec=GENERAL_SPEC.splitlines(), interpolation=False)
+    result = general.validate(validate.Validator(), preserve_errors=True)
+    if result is True:
+        return general, []
+    problems = []
+    for sections, option, error in configobj.flatten_errors(general, result):
+        where = "".join(f"[{s}]" for s in sections)
+        what = option if option is not None else "(section)"
+        problems.append(f"{path} {where} {what}: {error or 'missing'}")
+        if option is not None:
+            section_values = general
+            for name in sections:
+                section_values = section_values[name]
+            section_values.pop(option, None)
+    general = configobj.ConfigObj(
+        {s: dict(general[s].items()) for s in general.sections},
+        configspec=GENERAL_SPEC.splitlines(), interpolation=False)
+    general.validate(validate.Validator(), preserve_errors=True)
+    return general, problems
+
+
+def _unknown(path: Path, where: str, what: str, hint: str | None, *, brackets: bool = False) -> str:
+    """The warning for an unknown section or option, with the closest known name."""
+    if hint is not None:
+        hint = f" (did you mean [{hint}]?)" if brackets else f" (did you mean {hint}?)"
+    return f"{path} {where}: unknown {what}{hint or ''}; ignored"
 
 
 def _inline_comment_problem(path: Path, section: str, option: str, comment: str) -> str:
@@ -547,9 +576,7 @@ def read_applications(
         if platform in BUILTIN_PLATFORMS and (app_type or "sylk") in BUILTIN_APP_TYPES:
             # Plugins read their own options from ``extra``: only built-ins are checked.
             for option in extra:
-                hint = closest(option, APP_OPTIONS)
-                warnings.append(f"{path} [{section}] {option}: unknown option"
-                                + (f" (did you mean {hint}?)" if hint else "") + "; ignored")
+                warnings.append(_unknown(path, f"[{section}] {option}", "option", closest(option, APP_OPTIONS)))
         if not app_id or len(problems) > section_problems:
             continue
         app = AppConfig(
