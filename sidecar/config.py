@@ -225,13 +225,15 @@ def read_settings(
     *,
     pns_names: frozenset[str] | set[str] = BUILTIN_PLATFORMS,
     app_type_names: frozenset[str] | set[str] | None = None,
+    with_applications: bool = True,
 ) -> tuple[Settings | None, list[str], list[str]]:
     """Like :func:`load_settings`, but returns ``(settings, problems, warnings)``.
 
     ``settings`` is None only when general.ini cannot be read at all;
     otherwise options that failed are replaced by their defaults and the
     applications that failed are left out, so that callers (check-config)
-    can go on checking what did load.
+    can go on checking what did load.  ``with_applications=False`` reads
+    general.ini only (the token store commands need nothing else).
     """
     from .config_ini import IniError, read_ini
 
@@ -303,7 +305,9 @@ def read_settings(
     ) or (config_dir / "applications.ini")
 
     applications: dict[tuple[str, str], AppConfig] = {}
-    if not applications_file.is_file():
+    if not with_applications:
+        pass
+    elif not applications_file.is_file():
         problems.append(f"{general_path} [applications] config_file: file {applications_file} not found")
     else:
         applications, app_problems, app_warnings = read_applications(

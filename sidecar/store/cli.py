@@ -162,17 +162,15 @@ def _with_settings(
     return handler
 
 
-class _AnyName(frozenset):
-    """Accepts every platform name: store commands do not care about applications."""
-
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
 def _load_settings(config_dir: str | None) -> Settings:
-    from sidecar.config import find_config_dir, load_settings
+    """general.ini only: the store commands do not need the applications (so a
+    token import can run before applications.ini is put right)."""
+    from sidecar.config import find_config_dir, read_settings
 
-    return load_settings(find_config_dir(config_dir), pns_names=_AnyName(), app_type_names=None)
+    settings, problems, warnings = read_settings(find_config_dir(config_dir), with_applications=False)
+    if problems or settings is None:
+        raise ConfigError(problems, warnings)
+    return settings
 
 
 # -- the commands -------------------------------------------------------------

@@ -108,6 +108,16 @@ def test_handler_loads_the_configuration(tmp_path, capsys):
     assert default_path(tmp_path / "spool").is_file()
 
 
+def test_store_commands_read_general_ini_only(tmp_path, capsys):
+    """A token import may run before applications.ini is put right."""
+    (tmp_path / "general.ini").write_text(f"; Sylk style\n[server]\n; port = 8400\nspool_dir = {tmp_path / 'spool'}\n")
+    (tmp_path / "applications.ini").write_text("[a]\napp_id = x\napp_platform = firebase\n"
+                                               "firebase_authorization_file = missing.json\n")
+    args = parser().parse_args(["--config-dir", str(tmp_path), "store", "list", "bob@example.com"])
+    assert args.handler(args) == EXIT_OK
+    assert "bob@example.com: 0 device(s)" in capsys.readouterr().out
+
+
 def test_handler_with_broken_configuration_exits_2(tmp_path, capsys):
     args = parser().parse_args(["--config-dir", str(tmp_path / "missing"), "store", "list", "a@b"])
     assert args.handler(args) == EXIT_USAGE
