@@ -44,15 +44,14 @@ The endpoint, queue size and wait are the config's ``PUSHSIDECAR_ENDPOINT``,
 ``PUSHSIDECAR_SNDHWM`` and ``PS_WAIT_MS`` (read through ``$def``).
 
 ``$PUSHSIDECAR_BENCH_TIMING=<path>`` (benchmarks only, see
-``bench/bench_kamailio.py``) makes ``mod_init`` return a subclass that times
-``invite_prepare``/``send_prepared`` into ``<path>.<pid>``; unset, the
-handler is the plain class and pays nothing for it.
+``bench/bench_proxies.py``) makes ``mod_init`` time ``invite_prepare`` and
+``send_prepared`` into ``<path>.<pid>`` (``wire.CallTimer``); unset, the
+handler pays nothing for it.
 """
 
 import importlib.util
 import os
 import re
-import struct
 import sys
 import time
 
@@ -475,78 +474,9 @@ def _fetch_fields(fields):
     return [_pv(name) if value == _NULL else value for name, value in zip(PREPARE_PVS, fields)]
 
 
-class _TimedPushSidecar(PushSidecar):
-    """Benchmark-only variant, used when ``$PUSHSIDECAR_BENCH_TIMING`` is set.
-
-    For each call it appends one record of seven little-endian int64 to
-    ``<PUSHSIDECAR_BENCH_TIMING>.<pid>``, in nanoseconds: wall time
-    (``perf_counter_ns``) in ``invite_prepare``, in ``send_prepared``, in
-    ``Sender.send`` alone and in an empty timed region (the timer's own
-    cost); then thread CPU time (``thread_time_ns``) in ``invite_prepare``,
-    in ``send_prepared`` and in an empty region.  The write happens after
-    the timed regions; the normal handler carries none of this.
-    """
-
-    RECORD = struct.Struct("<7q")
-
-    def __init__(self, path):
-        super().__init__()
-        self._timing_path = path
-        self._timing_pid = -1
-        self._timing_fd = -1
-        self._prepare_ns = (0, 0)
-        self._sender_ns = 0
-
-    def _sender(self):
-        sender = PushSidecar._sender(self)
-        if not hasattr(sender, "_timed"):
-            plain_send = sender.send
-
-            def timed_send(frame):
-                t0 = time.perf_counter_ns()
-                result = plain_send(frame)
-                self._sender_ns = time.perf_counter_ns() - t0
-                return result
-
-            sender.send = timed_send
-            sender._timed = True
-        return sender
-
-    def invite_prepare(self, msg, arg=None):
-        c0 = time.thread_time_ns()
-        t0 = time.perf_counter_ns()
-        result = PushSidecar.invite_prepare(self, msg, arg)
-        t1 = time.perf_counter_ns()
-        c1 = time.thread_time_ns()
-        self._prepare_ns = (t1 - t0, c1 - c0)
-        return result
-
-    def send_prepared(self, msg, arg=None):
-        c0 = time.thread_time_ns()
-        t0 = time.perf_counter_ns()
-        result = PushSidecar.send_prepared(self, msg, arg)
-        t1 = time.perf_counter_ns()
-        c1 = time.thread_time_ns()
-        t2 = time.perf_counter_ns()
-        empty = time.perf_counter_ns() - t2
-        c2 = time.thread_time_ns()
-        empty_cpu = time.thread_time_ns() - c2
-        try:
-            pid = os.getpid()
-            if pid != self._timing_pid:  # per process, like the ZeroMQ socket
-                self._timing_fd = os.open("%s.%d" % (self._timing_path, pid),
-                                          os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                self._timing_pid = pid
-            os.write(self._timing_fd, self.RECORD.pack(
-                self._prepare_ns[0], t1 - t0, self._sender_ns, empty,
-                self._prepare_ns[1], c1 - c0, empty_cpu))
-        except Exception as exc:
-            KSR.err("pushsidecar: bench timing failed: %r\n" % (exc,))
-        return result
-
-
 def mod_init():
+    handler = PushSidecar()
     timing = os.environ.get("PUSHSIDECAR_BENCH_TIMING")
-    if timing:
-        return _TimedPushSidecar(timing)
-    return PushSidecar()
+    if timing:  # benchmarks only: the plain handler pays nothing for it
+        wire.CallTimer(timing).wrap(handler, "invite_prepare", "send_prepared")
+    return handler

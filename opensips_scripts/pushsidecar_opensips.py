@@ -16,7 +16,7 @@ says when each method runs):
     waits for the phone) or a ``message`` carrying the text the config kept
     in ``$var(text)``/``$var(text_type)``.  ``ctx`` is
     ``"<media> <from> <to> <display name>"`` stored at the INVITE.  A
-    refresh without a call (``reg-refresh``) is skipped.
+    refresh for no request (``reg-refresh``) is skipped.
 ``cancel_pushed`` (argument: ``"<reason>|<answering branch URI>|<pushed contacts>"``)
     The call ended: a ``cancel`` push to each pushed contact (space
     separated) except the one that answered.
@@ -67,13 +67,19 @@ NULL = "<null>"  # what get_pseudoVar and argument expansion give for an unset v
 REASON_EVENTS = {"ini-INVITE": "incoming_session", "ini-MESSAGE": "message"}
 #: A SIP MESSAGE's text travels in the push: APNs takes 4 KB in all.
 MAX_MESSAGE_TEXT = 2000
+#: How long a process's first push may wait for its new socket to connect.
+CONNECT_WAIT_MS = 50
+
+
+def _log_raw(text):
+    try:
+        LM_ERR(text + "\n")
+    except Exception:
+        pass
 
 
 def _log(text):
-    try:
-        LM_ERR("pushsidecar: " + text + "\n")
-    except Exception:
-        pass
+    _log_raw("pushsidecar: " + text)
 
 
 def _value(text):
@@ -118,7 +124,10 @@ class PushSidecar:
         if self.sender is None:
             # With immediate, nothing is queued while the sidecar is away: a
             # push sent after the call ended would ring for nothing.
-            self.sender = wire.Sender(self._pv(msg, "$shv(ps_endpoint)"), log=_log, immediate=True)
+            # The module gives child_init no way to read $shv(ps_endpoint): the
+            # socket is made at a process's first call, which waits for it a moment.
+            self.sender = wire.Sender(self._pv(msg, "$shv(ps_endpoint)"), log=_log_raw, immediate=True,
+                                      connect_wait_ms=CONNECT_WAIT_MS)
             self.sender.connect()
         return self.sender
 
@@ -156,9 +165,8 @@ class PushSidecar:
                 return -1
             media, from_uri, to_uri, display = parse_context(parts[4])
             if not from_uri or not to_uri:
-                # No stored context (cache miss): address the push as well as we can.
-                to_uri = to_uri or wire.strip_pn_params(uri)
-                from_uri = from_uri or "sip:unknown@invalid"
+                _log("no push for call %s: no From/To in the context %r" % (call_id, parts[4]))
+                return -1
             try:
                 target = pn_target(uri)
             except wire.WireError as exc:
@@ -217,4 +225,8 @@ class PushSidecar:
 
 
 def mod_init():
-    return PushSidecar()
+    handler = PushSidecar()
+    timing = os.environ.get("PUSHSIDECAR_BENCH_TIMING")
+    if timing:  # benchmarks only (bench/bench_proxies.py): time the two calls per INVITE
+        wire.CallTimer(timing).wrap(handler, "sidecar_ready", "push")
+    return handler

@@ -28,6 +28,21 @@ if [ -x "$prefix/sbin/opensips" ] && [ -f "$prefix/lib64/opensips/modules/python
     echo "$prefix"
     exit 0
 fi
+# Debian build packages (installed here when root; listed otherwise).
+BUILD_PACKAGES=(gcc make bison flex pkg-config libncurses-dev libpython3-dev python3-dev python3-zmq python3-msgpack)
+missing=()
+for pkg in "${BUILD_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "build_opensips: missing Debian packages (run as root to install): ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "build_opensips: installing Debian packages: ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 tar -xzf "$tarball" -C "$work"

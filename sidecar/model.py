@@ -127,6 +127,7 @@ class OutcomeKind(str, enum.Enum):
     FAILED = "failed"  # gave up after retries (5xx, connection failures)
     EXPIRED = "expired"  # the deadline passed before it could be sent
     DROPPED = "dropped"  # overload, duplicate or undeliverable at ingress
+    SKIPPED = "skipped"  # not needed by the application (see PushNotNeeded)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -157,3 +158,16 @@ class PushValidationError(ValueError):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class PushNotNeeded(PushValidationError):
+    """A push the application has no use for (a cancel for a Linphone app).
+
+    The HTTP API answers it as Sylk did (``message``, ``status``); a proxy's
+    push ends as ``skipped`` with the reason ``why``, not as ``rejected``:
+    the proxy did right to ask, and nothing went wrong.
+    """
+
+    def __init__(self, message: str, status: int, why: str):
+        super().__init__(message, status)
+        self.why = why

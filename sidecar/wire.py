@@ -76,6 +76,7 @@ RFC 8599 mapping (done by :func:`resolve_pn`, at decode time):
 from __future__ import annotations
 
 import os
+import struct
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -651,6 +652,9 @@ class Sender:
             ``reconnect_ms`` (backing off to ``reconnect_max_ms``), so call
             :meth:`connect` early (in ``child_init``): a socket needs a moment
             to connect before its first send.
+        connect_wait_ms: how long the first :meth:`ready` or :meth:`send` of a
+            new socket may wait for its connection (once per process; for a
+            script that cannot connect before its first call).
     """
 
     def __init__(
@@ -665,6 +669,7 @@ class Sender:
         immediate: bool = False,
         reconnect_ms: int = 20,
         reconnect_max_ms: int = 100,
+        connect_wait_ms: int = 0,
     ) -> None:
         self.endpoint = endpoint or os.environ.get("PUSHSIDECAR_ENDPOINT") or DEFAULT_ENDPOINT
         if sndhwm is None:
@@ -678,6 +683,8 @@ class Sender:
         self._immediate = immediate
         self._reconnect = (reconnect_ms, reconnect_max_ms)
         self._pollout = 0
+        self._connect_wait_ms = connect_wait_ms
+        self._fresh = False  # a new socket that may still be connecting
         self._pid = -1
         self._socket: Any = None
         self._send_frame: Callable[[bytes, int], Any] | None = None
@@ -723,8 +730,14 @@ class Sender:
         except (ImportError, AttributeError):
             self._send_frame = sock.send
         self._pid = pid
+        self._fresh = self._immediate and self._connect_wait_ms > 0
         self.sockets_created += 1
         return sock
+
+    def _await_connection(self) -> None:
+        """Once per new socket: give it up to ``connect_wait_ms`` to connect."""
+        self._fresh = False
+        self._socket.poll(self._connect_wait_ms, self._pollout)
 
     def connect(self) -> bool:
         """Open this process's socket now (it connects in the background); never raises."""
@@ -745,6 +758,8 @@ class Sender:
             if self._socket is None or (self._check_pid and self._getpid() != self._pid):
                 if not self.connect():
                     return False
+            if self._fresh:
+                self._await_connection()
             return bool(self._socket.getsockopt(_ZMQ_EVENTS) & self._pollout)
         except Exception as exc:
             self.errors += 1
@@ -760,11 +775,14 @@ class Sender:
                     self._open(pid)
             elif self._socket is None:
                 self._open(self._getpid())
+            if self._fresh:
+                self._await_connection()
             self._send_frame(frame, self._noblock)  # type: ignore[misc]
         except self._again:
             self.dropped += 1
+            why = "no sidecar connected there, or its queue is full" if self._immediate else "its queue is full"
             self._warn(
-                f"pushsidecar: queue to {self.endpoint} is full, push dropped "
+                f"pushsidecar: push to {self.endpoint} dropped: {why} "
                 f"({self.dropped} dropped so far); is the sidecar running?"
             )
             return False
@@ -792,6 +810,79 @@ class Sender:
 
 
 _ZMQ_EVENTS = 15  # zmq.EVENTS (a libzmq constant), without importing zmq here
+
+
+# --------------------------------------------------------------------------
+# Benchmark support for the proxy scripts ($PUSHSIDECAR_BENCH_TIMING)
+
+
+class CallTimer:
+    """Times the two methods a proxy runs per call, for ``bench/bench_proxies.py``.
+
+    :meth:`wrap` replaces ``handler.<first>`` and ``handler.<second>`` (the
+    Kamailio script's ``invite_prepare``/``send_prepared``, the OpenSIPS
+    script's ``sidecar_ready``/``push``) and :class:`Sender`'s ``send``.  After
+    each ``second`` it appends one :attr:`RECORD` to ``<path>.<pid>``, in
+    nanoseconds: wall time (``perf_counter_ns``) in ``first``, in ``second``,
+    in ``Sender.send`` alone and in an empty timed region (the timer's own
+    cost); then thread CPU time in ``first``, in ``second`` and in an empty
+    region.  Without ``$PUSHSIDECAR_BENCH_TIMING`` the scripts never make one.
+    """
+
+    RECORD = struct.Struct("<7q")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._pid = -1
+        self._fd = -1
+        self._first = (0, 0)
+        self._sender_ns = 0
+
+    def wrap(self, handler: Any, first: str, second: str) -> Any:
+        plain_first, plain_second = getattr(handler, first), getattr(handler, second)
+        plain_send = Sender.send
+        timer = self
+
+        def timed_send(sender: Sender, frame: bytes) -> bool:
+            t0 = time.perf_counter_ns()
+            result = plain_send(sender, frame)
+            timer._sender_ns = time.perf_counter_ns() - t0
+            return result
+
+        def timed_first(*args: Any) -> Any:
+            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+            result = plain_first(*args)
+            t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+            timer._first = (t1 - t0, c1 - c0)
+            return result
+
+        def timed_second(*args: Any) -> Any:
+            timer._sender_ns = 0
+            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+            result = plain_second(*args)
+            t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+            t2 = time.perf_counter_ns()
+            empty = time.perf_counter_ns() - t2
+            c2 = time.thread_time_ns()
+            empty_cpu = time.thread_time_ns() - c2
+            timer._write(timer._first[0], t1 - t0, timer._sender_ns, empty,
+                         timer._first[1], c1 - c0, empty_cpu)
+            return result
+
+        Sender.send = timed_send  # type: ignore[method-assign]
+        setattr(handler, first, timed_first)
+        setattr(handler, second, timed_second)
+        return handler
+
+    def _write(self, *values: int) -> None:
+        try:
+            pid = os.getpid()
+            if pid != self._pid:  # per process, like the ZeroMQ socket
+                self._fd = os.open(f"{self.path}.{pid}", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self._pid = pid
+            os.write(self._fd, self.RECORD.pack(*values))
+        except OSError:
+            pass
 
 
 class _NeverRaised(Exception):

@@ -313,7 +313,7 @@ def render_opensips_config(template: str, values: dict[str, str]) -> str:
 
 
 def start_opensips(tmp: Path, name: str, *, endpoint: str, wait_ms: int,
-                   env: dict[str, str] | None = None) -> Proxy:
+                   env: dict[str, str] | None = None, shm_mb: int = 64) -> Proxy:
     """Render the example opensips.cfg and start OpenSIPS ``name`` in the foreground."""
     prefix = require_opensips(name)
     run_dir = tmp / f"{name}-run"
@@ -338,7 +338,7 @@ def start_opensips(tmp: Path, name: str, *, endpoint: str, wait_ms: int,
     os_env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSIDECAR_")}
     os_env.update(env or {})
     process = subprocess.Popen(
-        [binary, "-F", "-f", str(cfg_path), "-m", "64", "-M", "8", "-w", str(run_dir)],
+        [binary, "-F", "-f", str(cfg_path), "-m", str(shm_mb), "-M", "8", "-w", str(run_dir)],
         stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=os_env,
     )
     proxy = Proxy(name, port, endpoint, run_dir, process, log_path)

@@ -87,13 +87,18 @@ class Device:
         return {t for t in (self.voip_token, self.remote_token, self.fcm_token) if t}
 
 
-def linphone_ios(user: str, creds: SimCredentials, *, provider: str = "apns") -> Device:
-    """Linphone iOS: two tokens (VoIP and remote) and its usual Contact parameters."""
+def linphone_ios(user: str, creds: SimCredentials, *, provider: str = "apns", bundle: str | None = None) -> Device:
+    """Linphone iOS: two tokens (VoIP and remote) and its usual Contact parameters.
+
+    ``bundle`` defaults to the sylk-type application's; the linphone-type one is
+    ``creds.cert_bundle_id``.
+    """
     port = free_udp_port()
     voip, remote = hex_token(), hex_token()
+    bundle = bundle or creds.token_bundle_id
     contact = (
         f"<sip:{user}@127.0.0.1:{port};transport=udp;pn-prid={voip}:voip&{remote}:remote;"
-        f"pn-provider={provider};pn-param={creds.team_id}.{creds.token_bundle_id}.voip&remote;"
+        f"pn-provider={provider};pn-param={creds.team_id}.{bundle}.voip&remote;"
         "pn-silent=1;pn-timeout=0;pn-msg-str=IM_MSG;pn-call-str=IC_MSG;pn-groupchat-str=GC_MSG;"
         "pn-call-snd=notes_of_the_forest.caf;pn-msg-snd=msg.caf>"
         f';+sip.instance="<urn:uuid:{uuid.uuid4()}>"'
@@ -141,6 +146,15 @@ apple_push_url = 127.0.0.1:{sim_port}
 {sandbox}apple_key = {creds.apns_key_file}
 key_id = {creds.key_id}
 team_id = {creds.team_id}
+tls_ca_file = {creds.ca_file}
+
+[rfc8599-linphone]
+app_id = {creds.cert_bundle_id}
+app_type = linphone
+app_platform = apple
+apple_push_url = 127.0.0.1:{sim_port}
+apple_certificate = {creds.client_cert}
+apple_key = {creds.client_key}
 tls_ca_file = {creds.ca_file}
 
 [rfc8599-fcm]
@@ -516,7 +530,7 @@ async def test_linphone_sized_contacts_register_and_longer_ones_are_refused_clea
     run = sipp(tmp_path, f"rejected-{huge.user}", "register_rejected.xml", proxy,
                keys={"user": huge.user, "contact": huge.contact})
     await in_thread(run.assert_ok, 15)
-    assert sipp_received(run, "SIP/2.0 400 ")
+    assert sipp_received(run, "SIP/2.0 400 Contact Too Long")
     if proxy.name == "kamailio":  # the script names the limit
         assert "Contact URI of 1" in proxy.log() and "is longer than 1024" in proxy.log()
 
@@ -614,3 +628,25 @@ async def test_garbage_burst_changes_nothing_for_good_traffic(proxy, tmp_path, s
         assert counts[OutcomeKind.DELIVERED] == 2 * calls and sum(counts.values()) == 2 * calls, counts
         assert sorted(events_by_token(records).items()) == sorted(
             {phone.voip_token: ["incoming_session"] * calls, phone.remote_token: ["cancel"] * calls}.items())
+
+
+@bounded
+async def test_a_linphone_app_gets_no_cancel_push_and_nothing_is_rejected(
+        proxy, tmp_path, sim, sim_credentials) -> None:
+    """Linphone reads no cancel in a push (it ends a call whose INVITE never came
+    by itself): its cancel is skipped, counted and logged as such."""
+    creds = sim_credentials
+    async with running_sidecar(stack_config(tmp_path, creds, sim.port, proxy.endpoint)) as handle:
+        user = new_user("pat")
+        phone = linphone_ios(user, creds, bundle=creds.cert_bundle_id)
+        await register(tmp_path, proxy, phone)
+        caller = sipp(tmp_path, f"cancel-{user}", "caller_cancel.xml", proxy, keys={"callee": user})
+        await in_thread(caller.assert_ok, 15)
+        [call] = await settle(sim, [phone], 1)
+        assert call["headers"]["apns-push-type"] == "voip" and call["body"]["aps"]["loc-key"] == "IC_SIL"
+        with trio.move_on_after(5):
+            while sum(handle.runtime.dispatcher.counts.values()) < 2:
+                await trio.sleep(0.02)
+        counts = dict(handle.runtime.dispatcher.counts)
+        assert counts[OutcomeKind.DELIVERED] == 1 and counts[OutcomeKind.SKIPPED] == 1, counts
+        assert counts[OutcomeKind.REJECTED] == 0, counts
