@@ -9,19 +9,22 @@ example ``kamailio.cfg`` next to this file, which says when each runs):
     (RFC 8599 ``pn-provider``/``pn-prid``/``pn-param``, or the legacy
     ``pn-type``/``pn-tok``/``app-id``/``pn-silent``) and its length.  Sets
     ``$var(pn_code)`` (0, or 400/555 to refuse it, with ``$var(pn_reason)``),
-    ``$var(ps_push)`` (1: a contact that needs pushes registers, so calls
+    ``$var(ps_wakes)`` (1: a contact that needs pushes registers, so calls
     waiting for it may go on) and ``$var(ps_contact)`` (its URI).
 ``invite_prepare`` / ``message_prepare`` (argument: ``PREPARE_PVS``)
     INVITE / MESSAGE, after ``reg_fetch_contacts(..., "callee")``: sorts the
     callee's contacts into those that ring directly and those that need a
-    push, builds one push per push contact, and checks that the sidecar can
-    take them now (fail fast: with the sidecar unreachable no call is held
-    for a push that cannot be sent).  Sets ``$var(ps_push)`` (pushes ready),
-    ``$var(ps_direct)`` (contacts to ring now) and ``$var(ps_pushed)`` (the
-    pushed contacts, kept by the config for the cancel pushes).
+    push, and builds one push per push contact.  Returns -1 when there is
+    none, ``PUSH_ONLY`` (1) when nobody else rings, ``PUSH_AND_RING`` (2)
+    when some contacts ring directly (the config reads ``$rc``); sets
+    ``$var(ps_pushed)`` (the pushed contacts, kept for the cancel pushes).
 ``send_prepared``
     Sends the pushes prepared above, LAST: after the call is held or
-    relayed, so a phone that wakes at once finds it.  1 if any was sent.
+    relayed, so a phone that wakes at once finds it.  -1 when none could be
+    handed to the sidecar (down, queue full, nothing bound: ZMQ_IMMEDIATE
+    queues nothing then): the config answers the held call 480 at once
+    (fail fast).  No check before holding: it would cost every call a
+    system call for the rare call that finds the sidecar away.
 ``cancel_pushed`` (argument: ``reason<US>answering contact<US>pushed contacts``)
     The call ended (CANCEL, answered, or failed): a ``cancel`` push to each
     pushed contact except the one that answered.
@@ -141,6 +144,7 @@ PREPARE_PVS = ("$ulc(callee=>count)", "$ulc(callee=>addr)", "$ci", "$fu", "$tu",
 FIELD_SEP = "\x1f"  # a control character: not in a SIP URI, Call-ID or display name
 CONTACT_SEP = "\x1e"  # between the pushed contacts kept in $var(ps_pushed)
 _NULL = "<null>"  # how Kamailio prints a variable without a value
+_UNREAD = object()  # the SDP of this INVITE was not read yet
 
 #: Keys of wire.py's format filled per call; the rest of a frame depends on
 #: the contact (and the wait) only.
@@ -234,6 +238,8 @@ def _def_int(name, default):
 
 
 _PROC_TIMER = -1  # Kamailio's rank of its timer process
+PUSH_ONLY = 1  # invite_prepare: pushes ready, no contact rings directly
+PUSH_AND_RING = 2  # invite_prepare: pushes ready, and contacts that ring directly
 
 #: Senders inherited through fork(): kept referenced, never used nor closed.
 _inherited = []
@@ -245,6 +251,8 @@ class PushSidecar:
     def __init__(self):
         self.sender = None  # made in the process that uses it (never in mod_init)
         self.frames = []
+        self.frames_call_id = None
+        self.sdp = _UNREAD
         self.wait_ttl = None  # seconds a call push lives: the config's PS_WAIT_MS
         self.contacts = {}  # contact URI -> _contact_entry()
         self.fast = _fast_encoding_agrees()
@@ -293,7 +301,7 @@ class PushSidecar:
     def register_check(self, msg, arg=None):
         try:
             KSR.pv.seti("$var(pn_code)", 0)
-            KSR.pv.seti("$var(ps_push)", 0)
+            KSR.pv.seti("$var(ps_wakes)", 0)
             self._sender()  # connect early: a socket needs a moment before its first send
             contact = _pv("$hdr(Contact)")
             if not contact or contact.strip() == "*":
@@ -314,7 +322,7 @@ class PushSidecar:
                 KSR.pv.sets("$var(pn_reason)", reason)
                 return -1
             if target is not None and not _expires_zero(contact, _pv("$hdr(Expires)")):
-                KSR.pv.seti("$var(ps_push)", 1)
+                KSR.pv.seti("$var(ps_wakes)", 1)
                 KSR.pv.sets("$var(ps_contact)", uri)
             return 1
         except Exception as exc:
@@ -345,14 +353,13 @@ class PushSidecar:
         count, first = fields[0], fields[1]
         count = int(count) if count and count.isdigit() else (1 if first else 0)
         cache = self.contacts
-        ttl = self._ttl()
         frames = []
         pushed = []
         direct = 0
-        for contact in self._callee_contacts(count, first):
+        for contact in (first,) if count == 1 else self._callee_contacts(count, first):
             entry = cache.get(contact)
             if entry is None:
-                entry = _contact_entry(cache, contact, ttl)
+                entry = _contact_entry(cache, contact, self._ttl())
             if entry.__class__ is dict:
                 frames.append(make_frame(entry, contact, fields))
                 pushed.append(contact)
@@ -361,33 +368,27 @@ class PushSidecar:
                     KSR.err("pushsidecar: call %s: contact %s has bad push parameters (%s): no push\n"
                             % (fields[2], contact[:200], entry))
                 direct += 1
-        if frames and not self._sender().ready():
-            KSR.err("pushsidecar: call %s: the sidecar at %s cannot take pushes now: %d device(s) "
-                    "not woken, %d ringing directly\n" % (fields[2], self.sender.endpoint, len(frames), direct))
-            frames, pushed = [], []
         self.frames = frames
-        KSR.pv.seti("$var(ps_push)", len(frames))
-        KSR.pv.seti("$var(ps_direct)", direct)
+        if not frames:
+            return -1
+        self.frames_call_id = fields[2]
         KSR.pv.sets("$var(ps_pushed)", CONTACT_SEP.join(pushed))
-        return 1 if frames else -1
+        return PUSH_AND_RING if direct else PUSH_ONLY
 
     def invite_prepare(self, msg, arg=None):
         try:
-            body = []  # the SDP, read for the first push contact only
-
-            def frame(template, contact, fields):
-                if not body:
-                    sdp = _get("$rb")
-                    body.append(sdp if sdp.__class__ is str else None)
-                return self._call_frame(template, contact, fields, body[0])
-
-            return self._prepare(arg, frame)
+            self.sdp = _UNREAD  # read for the first push contact only
+            return self._prepare(arg, self._call_frame)
         except Exception as exc:
             KSR.err("pushsidecar: invite_prepare failed: %r\n" % (exc,))
             self.frames = []
             return -1
 
-    def _call_frame(self, template, contact, fields, body):
+    def _call_frame(self, template, contact, fields):
+        body = self.sdp
+        if body is _UNREAD:
+            body = _get("$rb")
+            body = self.sdp = body if body.__class__ is str else None
         call_id, from_uri, to_uri, name = fields[2], fields[3], fields[4], fields[5]
         if self.fast and call_id and from_uri and to_uri:
             return _incoming_session(template, call_id, from_uri, to_uri, name, body)
@@ -430,7 +431,11 @@ class PushSidecar:
             for frame in frames:
                 if sender.send(frame):
                     sent += 1
-            return 1 if sent else -1
+            if not sent:
+                KSR.err("pushsidecar: call %s: no push could be handed to the sidecar at %s: %d device(s) "
+                        "not woken\n" % (self.frames_call_id, sender.endpoint, len(frames)))
+                return -1
+            return 1
         except Exception as exc:
             KSR.err("pushsidecar: send_prepared failed: %r\n" % (exc,))
             return -1

@@ -688,6 +688,7 @@ class Sender:
         self._pid = -1
         self._socket: Any = None
         self._send_frame: Callable[[bytes, int], Any] | None = None
+        self._get_option: Callable[[int], Any] = lambda option: 0
         self._context: Any = None
         self._again: type[BaseException] = _NeverRaised
         self._noblock = 0
@@ -716,7 +717,7 @@ class Sender:
             sock.setsockopt(zmq.RECONNECT_IVL, self._reconnect[0])
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, self._reconnect[1])
         sock.connect(self.endpoint)
-        self._pollout = zmq.POLLOUT
+        self._pollout = int(zmq.POLLOUT)
         self._again = zmq.Again
         self._noblock = zmq.NOBLOCK
         self._context = ctx
@@ -727,8 +728,10 @@ class Sender:
             from zmq.backend import Socket as CompiledSocket
 
             self._send_frame = CompiledSocket.send.__get__(sock)
+            self._get_option = CompiledSocket.get.__get__(sock)
         except (ImportError, AttributeError):
             self._send_frame = sock.send
+            self._get_option = sock.getsockopt
         self._pid = pid
         self._fresh = self._immediate and self._connect_wait_ms > 0
         self.sockets_created += 1
@@ -760,7 +763,7 @@ class Sender:
                     return False
             if self._fresh:
                 self._await_connection()
-            return bool(self._socket.getsockopt(_ZMQ_EVENTS) & self._pollout)
+            return bool(self._get_option(_ZMQ_EVENTS) & self._pollout)
         except Exception as exc:
             self.errors += 1
             self._warn(f"pushsidecar: cannot poll {self.endpoint}: {exc.__class__.__name__}: {exc}")
