@@ -30,7 +30,9 @@ closing the socket.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import heapq
 import logging
 import os
@@ -41,6 +43,7 @@ import trio
 import zmq
 
 from sidecar.model import DEFAULT_TTL
+from sidecar.ingress.endpoint_guard import EndpointError, EndpointInUse, claim_ipc_path, tcp_in_use_message
 from sidecar.wire import RateLimitedLog, WireError, WireMessage, decode
 
 log = logging.getLogger(__name__)
@@ -222,6 +225,20 @@ async def serve_zmq(
     """
     counters = counters if counters is not None else ZmqIngressCounters()
     reader = _Reader(handler, counters, on_discard, wall_clock, RecentKeys(dedup_max))
+    with contextlib.ExitStack() as claim:
+        try:
+            ipc_path = _prepare_ipc_path(endpoint, ipc_dir_mode)
+            if ipc_path is not None:
+                # zmq would silently take a live socket over: refuse instead.
+                claim.enter_context(claim_ipc_path(ipc_path, endpoint=endpoint))
+        except OSError as exc:
+            raise EndpointError(f"cannot use ZeroMQ endpoint {endpoint}: {exc}") from exc
+        await _serve_bound(endpoint, ipc_path, reader, task_status, rcvhwm, ipc_socket_mode, context)
+
+
+async def _serve_bound(endpoint: str, ipc_path: str | None, reader: _Reader,
+                       task_status: trio.TaskStatus[str], rcvhwm: int, ipc_socket_mode: int,
+                       context: zmq.Context[Any] | None) -> None:
     own_context = context is None
     ctx = zmq.Context() if context is None else context
     sock = ctx.socket(zmq.PULL)
@@ -229,8 +246,13 @@ async def serve_zmq(
     try:
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
         sock.setsockopt(zmq.LINGER, 0)
-        ipc_path = _prepare_ipc_path(endpoint, ipc_dir_mode)
-        sock.bind(endpoint)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EADDRINUSE and endpoint.startswith("tcp://"):
+                port = endpoint.rsplit(":", 1)[-1]
+                raise EndpointInUse(tcp_in_use_message(endpoint, int(port) if port.isdigit() else 0)) from exc
+            raise EndpointError(f"cannot bind ZeroMQ endpoint {endpoint}: {exc}") from exc
         if ipc_path is not None:
             os.chmod(ipc_path, ipc_socket_mode)
         bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
