@@ -23,10 +23,15 @@ Shapes, each for ``--duration`` seconds after a warm-up, with wrk (Debian's
 - ``ours zmq``: the sidecar's ZeroMQ ingress, fed by a load process that
   keeps ``--window`` pushes in flight (counted at the simulator).
 
-Conditions: the simulator answering at once, and after ``--delay-ms`` (20).
-Each is preceded by the simulator's own ceiling: h2load (Debian's
+Conditions: the simulator answering at once, and after ``--delays`` (0,20
+ms).  Each is preceded by the simulator's own ceiling: h2load (Debian's
 ``nghttp2-client``) sending valid APNs requests straight to it, so every
 table says whether a side was held back by the simulator or by itself.
+Then the same HTTP shapes against nginx answering 200 on HTTP/2 (Debian's
+``nginx-light``, on another loopback address, same certificate): an
+upstream that validates nothing and costs almost nothing, so neither side is
+held back by it (the ZeroMQ shape is counted by the simulator, so it is not
+run there; ``--no-nginx`` skips this condition).
 
 Figures: pushes/s (counted by the simulator, 200 answers), p50/p99 of the
 request latency (wrk; for ZeroMQ: send to simulator receipt, from the
@@ -67,7 +72,8 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pushsi
 APPLE_HOSTS = ("api.push.apple.com", "api.sandbox.push.apple.com", "api.development.push.apple.com")
 TOKEN = "0123456789abcdef" * 4
 WARMUP_SECONDS = 2
-DEBIAN_PACKAGES = {"wrk": "wrk", "h2load": "nghttp2-client", "go": None}
+NGINX = -1.0  # the key of the nginx condition among the delays
+DEBIAN_PACKAGES = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx-light", "go": None}
 
 
 # -- gorush: build once, cache ---------------------------------------------------------
@@ -203,11 +209,12 @@ def private_loopback_ip() -> str:
 
 
 @contextlib.contextmanager
-def simulator(folder: Path, ip: str) -> Iterator[common.SimProcess]:
+def simulator(folder: Path, ip: str, *other_ips: str) -> Iterator[common.SimProcess]:
     from sidecar.sim.creds import generate_credentials
 
     creds_dir = folder / "sim-creds"
-    generate_credentials(creds_dir, server_names=(*APPLE_HOSTS, ip))
+    # The same certificate serves nginx on another address (the fast upstream).
+    generate_credentials(creds_dir, server_names=(*APPLE_HOSTS, ip, *other_ips))
     command = [common.PYTHON, "-m", "sidecar.sim", "--host", ip, "--port", "443",
                "--creds-dir", str(creds_dir), "--max-records", "20000",
                "--token-update-interval", "0", "--initial-streams", "1000"]
@@ -217,6 +224,44 @@ def simulator(folder: Path, ip: str) -> Iterator[common.SimProcess]:
     try:
         info = common.read_json_line(process, timeout=60)
         yield common.SimProcess(process, info, creds_dir)
+    finally:
+        common.stop_process(process)
+        log.close()
+
+
+class NginxUpstream:
+    """nginx answering 200 to every ``POST /3/device/*`` on ``ip:443`` (TLS, HTTP/2):
+    an upstream with no validation and almost no cost, to show each side's
+    own ceiling."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.pid = process.pid
+
+
+@contextlib.contextmanager
+def nginx_upstream(folder: Path, ip: str, creds: Any) -> Iterator[NginxUpstream | None]:
+    binary = common.nginx_binary()
+    if binary is None:
+        yield None
+        return
+    base = folder / "nginx"
+    base.mkdir(exist_ok=True)
+    conf = base / "nginx.conf"
+    text = common.NGINX_CONF.replace("listen 127.0.0.1:{port} ssl http2;", "listen {listen} ssl http2;")
+    conf.write_text(text.format(dir=base, listen=f"{ip}:443", cert=creds.server_cert, key=creds.server_key,
+                                user="user root;" if os.geteuid() == 0 else ""))
+    log = open(base / "stderr.log", "wb")
+    process = subprocess.Popen([binary, "-p", str(base), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((ip, 443), timeout=0.5):
+                break
+            if process.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(base / 'stderr.log').read_text()[-300:]}")
+            time.sleep(0.05)
+        yield NginxUpstream(process)
     finally:
         common.stop_process(process)
         log.close()
@@ -279,14 +324,14 @@ class Window:
     def __init__(self, server_pid: int, sim_pid: int):
         self.server_pid, self.sim_pid = server_pid, sim_pid
         self.server0 = tree_cpu(server_pid)
-        self.sim0 = common.process_cpu_seconds(sim_pid)
+        self.sim0 = tree_cpu(sim_pid)
         self.machine0 = machine_busy()
         self.t0 = time.perf_counter()
 
     def close(self, delivered: int) -> dict:
         elapsed = time.perf_counter() - self.t0
         server = tree_cpu(self.server_pid) - self.server0
-        sim = common.process_cpu_seconds(self.sim_pid) - self.sim0
+        sim = tree_cpu(self.sim_pid) - self.sim0
         busy, total = (now - then for now, then in zip(machine_busy(), self.machine0))
         return {
             "elapsed": elapsed, "cpu_us_per_push": server / delivered * 1e6 if delivered else float("nan"),
@@ -314,10 +359,13 @@ def measure_http(name: str, process: subprocess.Popen, url: str, script: Path, a
                  tokens_per_request: int) -> dict:
     connections = connections_for(tokens_per_request, args)
     wrk_load(url, connections, WARMUP_SECONDS, script)
-    delivered0 = control.delivered()
+    delivered0 = control.delivered() if control is not None else 0
     window = Window(process.pid, sim.pid)
     report = wrk_load(url, connections, args.duration, script)
-    delivered = control.delivered() - delivered0
+    if control is not None:
+        delivered = control.delivered() - delivered0
+    else:  # nginx counts nothing: the answered requests (2xx) times their tokens
+        delivered = max(0, report["count"] - report["errors"]) * tokens_per_request
     figures = window.close(delivered)
     expected = report["count"] * tokens_per_request
     return {
@@ -549,6 +597,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1", help="sidecar workers; a list runs each (1,2)")
     parser.add_argument("--delays", default="0,20", help="simulator answer delays in ms")
     parser.add_argument("--rounds", type=int, default=1, help="repeat everything; medians at the end")
+    parser.add_argument("--no-nginx", dest="nginx", action="store_false",
+                        help="skip the condition with nginx as the upstream")
     parser.add_argument("--shapes", default="gorush1,gorush100,v1,zmq")
     parser.add_argument("--ceiling-requests", type=int, default=30000)
     parser.add_argument("--tarball", type=Path, default=None)
@@ -572,6 +622,7 @@ def main() -> None:
     delays = [float(d) for d in args.delays.split(",")]
     worker_counts = [int(w) for w in args.workers.split(",")]
     args.sim_ip = private_loopback_ip()
+    nginx_ip = private_loopback_ip() if args.nginx else None
     args.window = args.window or args.connections
     print(f"side by side: gorush {GORUSH_VERSION} vs pushsidecar; {args.duration:g} s per shape after "
           f"{WARMUP_SECONDS} s of warm-up; wrk 1 thread, {args.connections} connections "
@@ -583,7 +634,7 @@ def main() -> None:
     results: dict[str, Any] = {"conditions": []}
     folder_context = (contextlib.nullcontext(Path(tempfile.mkdtemp(prefix="bench-gorush-")))
                       if args.keep else common.temp_dir("bench-gorush-"))
-    with folder_context as folder, simulator(folder, args.sim_ip) as sim:
+    with folder_context as folder, simulator(folder, args.sim_ip, *filter(None, [nginx_ip])) as sim:
         if args.keep:
             print(f"files kept in {folder}")
         from sidecar.sim.creds import load_credentials
@@ -613,21 +664,32 @@ def main() -> None:
                 ceilings[delay].append(ceiling)
                 for label, report in rows:
                     collected[delay].setdefault(label, []).append(report)
+            if nginx_ip is not None:
+                with nginx_upstream(folder, nginx_ip, creds) as nginx:
+                    if nginx is not None:
+                        rows = run_shapes(args, shapes, worker_counts, binary, folder, creds, nginx, None,
+                                          app_id, v1_script, gorush_scripts, upstream_ip=nginx_ip)
+                        suffix = f", round {round_number}/{args.rounds}" if args.rounds > 1 else ""
+                        print_condition(f"upstream nginx 'return 200' (no validation, 0 ms){suffix}; "
+                                        f"'sim cpu %' = nginx", {}, rows)
+                        for label, report in rows:
+                            collected.setdefault(NGINX, {}).setdefault(label, []).append(report)
         results["rounds"] = {str(d): {label: reports for label, reports in by_label.items()}
                              for d, by_label in collected.items()}
         if args.rounds > 1:
             print(f"\n=== medians of {args.rounds} rounds ===")
-            for delay in delays:
+            for delay in delays + ([NGINX] if NGINX in collected else []):
                 rows = [(label, median_report(reports)) for label, reports in collected[delay].items()]
                 ratios = {}
                 base_reports = collected[delay].get("gorush x1", [])
                 for label, reports in collected[delay].items():
                     ratios[label] = [(r["rate"] / b["rate"], r["cpu_us_per_push"] / b["cpu_us_per_push"])
                                      for r, b in zip(reports, base_reports) if b.get("rate")]
-                ceiling = median_report([c for c in ceilings[delay] if "rate" in c]) if any(
-                    "rate" in c for c in ceilings[delay]) else {}
-                print_condition(f"APNs delay {delay:g} ms (median of {args.rounds} rounds)", ceiling, rows,
-                                ratios)
+                found = [c for c in ceilings.get(delay, []) if "rate" in c]
+                ceiling = median_report(found) if found else {}
+                title = (f"APNs delay {delay:g} ms" if delay != NGINX
+                         else "upstream nginx 'return 200' (0 ms; 'sim cpu %' = nginx)")
+                print_condition(f"{title} (median of {args.rounds} rounds)", ceiling, rows, ratios)
         problems = [line for line in (folder / "sidecar.log").read_text(errors="replace").splitlines()
                     if " ERROR " in line or "Traceback" in line]
         if problems:
@@ -637,11 +699,13 @@ def main() -> None:
 
 
 def run_shapes(args, shapes, worker_counts, binary, folder, creds, sim, control, app_id, v1_script,
-               gorush_scripts) -> list[tuple[str, dict]]:
-    """Every shape once under the simulator's current delay: gorush, then ours."""
+               gorush_scripts, upstream_ip: str | None = None) -> list[tuple[str, dict]]:
+    """Every shape once against the upstream (the simulator with its current
+    delay, or nginx when ``control`` is None): gorush, then ours."""
     rows: list[tuple[str, dict]] = []
+    upstream_ip = upstream_ip or args.sim_ip
     if "gorush1" in shapes or "gorush100" in shapes:
-        gorush, port = start_gorush(binary, folder, creds, args.sim_ip, args.connections)
+        gorush, port = start_gorush(binary, folder, creds, upstream_ip, args.connections)
         try:
             common.wait_for_port(port, 30, gorush)
             for tokens in (1, 100):
@@ -653,7 +717,7 @@ def run_shapes(args, shapes, worker_counts, binary, folder, creds, sim, control,
             common.stop_process(gorush)
     for workers in worker_counts:
         suffix = f" w{workers}" if len(worker_counts) > 1 or workers != 1 else ""
-        sidecar, port, endpoint = start_sidecar(folder, creds, args.sim_ip, workers)
+        sidecar, port, endpoint = start_sidecar(folder, creds, upstream_ip, workers)
         try:
             common.wait_for_port(port, 60, sidecar)
             if workers > 1:
@@ -661,7 +725,7 @@ def run_shapes(args, shapes, worker_counts, binary, folder, creds, sim, control,
             if "v1" in shapes:
                 rows.append((f"ours v1{suffix}", measure_http(
                     "sidecar", sidecar, f"http://127.0.0.1:{port}/push", v1_script, args, sim, control, 1)))
-            if "zmq" in shapes:
+            if "zmq" in shapes and control is not None:  # its count comes from the simulator
                 rows.append((f"ours zmq{suffix}", measure_zmq(sidecar, endpoint, args, sim, control, app_id)))
         finally:
             common.stop_process(sidecar, timeout=15)
