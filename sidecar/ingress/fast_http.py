@@ -44,6 +44,10 @@ logger = logging.getLogger("sidecar.ingress.fast_http")
 
 RECEIVE_SIZE = 65536
 BACKLOG = 1024
+#: an idle keep-alive connection is closed after this (Hypercorn's default)
+KEEP_ALIVE_TIMEOUT = 5.0
+#: a request whose bytes stop coming for this long is dropped (no answer)
+READ_TIMEOUT = 30.0
 _PUSH_PATH = b"/push"
 
 
@@ -274,7 +278,9 @@ class FastHttpServer:
         parser = connection.parser
         while not (self._stopping and connection.idle):
             data = b""
-            with trio.CancelScope() as connection.recv_scope:  # cancelled at stop while idle
+            timeout = KEEP_ALIVE_TIMEOUT if connection.idle else READ_TIMEOUT
+            # Cancelled at stop while idle; times out like Hypercorn's keep-alive.
+            with trio.CancelScope(deadline=trio.current_time() + timeout) as connection.recv_scope:
                 data = await _receive(sock)
             connection.recv_scope = None
             if not data:

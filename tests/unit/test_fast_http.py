@@ -188,3 +188,23 @@ async def test_real_tcp_server_serves_push_and_the_rest_then_stops_gracefully():
         pass
     else:
         raise AssertionError("still listening after stop")
+
+
+async def test_idle_and_stalled_connections_are_closed(monkeypatch, autojump_clock):
+    import sidecar.ingress.fast_http as fast_http
+
+    runtime = FakeRuntime()
+    server = FastHttpServer(create_http_app(runtime), runtime, lambda: runtime.settings)
+    server.server_address = ("127.0.0.1", 8400)
+    for sent, limit in ((request(), fast_http.KEEP_ALIVE_TIMEOUT), (request()[:40], fast_http.READ_TIMEOUT)):
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs = trio.socket.from_stdlib_socket(theirs)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle_connection, ours, ("127.0.0.1", 9))
+            with theirs:
+                await send_all(theirs, sent)
+                started = trio.current_time()
+                answer = await receive_until_closed(theirs)  # returns when the server closes
+                assert trio.current_time() - started >= limit - 0.5
+        assert (b"HTTP/1.1 200" in answer) == (len(sent) > 40)
