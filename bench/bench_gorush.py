@@ -168,7 +168,7 @@ def start_gorush(binary: Path, folder: Path, creds: Any, sim_ip: str, workers: i
     config.write_text(GORUSH_CONFIG.format(port=port, key=creds.apns_key_file, key_id=creds.key_id,
                                            team_id=creds.team_id, folder=folder, workers=workers))
     # unshare without --fork execs in place: the Popen pid is gorush's.
-    script = f'mount --bind "$1" /etc/hosts && exec "$2" -c "$3"'
+    script = 'mount --bind "$1" /etc/hosts && exec "$2" -c "$3"'
     env = {**os.environ, "SSL_CERT_FILE": str(creds.ca_file), "GOMAXPROCS": str(os.cpu_count() or 1)}
     log = open(folder / "gorush.out", "wb")
     process = subprocess.Popen(
