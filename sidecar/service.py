@@ -367,11 +367,18 @@ async def _serve_http(app: Any, runtime: Runtime, settings: Settings, stop_reque
     """
     try:
         if settings.tls_certificate is None and settings.http_server == "fast":
-            from .ingress.fast_http import FastHttpServer
+            from .ingress.endpoint_guard import http_in_use_message, is_address_in_use
+            from .ingress.fast_http import FastHttpServer, open_listener
 
+            try:
+                listener = await open_listener(settings.host, settings.port, reuse_port=_reuse_port())
+            except OSError as exc:  # as for Hypercorn below: one line, no traceback
+                if is_address_in_use(exc):
+                    raise StartupError(http_in_use_message(settings.host, settings.port)) from exc
+                raise StartupError(f"cannot listen for HTTP on {settings.host}:{settings.port}: "
+                                   f"{exc.strerror or exc}") from exc
             server = FastHttpServer(app, runtime, lambda: runtime.settings)
-            await server.serve(settings.host, settings.port, stop_requested,
-                               reuse_port=_reuse_port(), task_status=task_status)
+            await server.serve_on(listener, stop_requested, task_status=task_status)
         else:
             await _serve_http_until_stopped(app, settings, stop_requested, task_status=task_status)
     finally:

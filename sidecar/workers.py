@@ -192,6 +192,12 @@ def reserve_port(host: str, port: int) -> socket.socket:
     the workers and holds the port while they start (it gets no connections)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
+    if port:
+        # First without SO_REUSEPORT: another process listening there with it
+        # (another supervised sidecar) would otherwise share the port silently.
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -362,5 +368,9 @@ def run_supervisor(config_dir: Path, settings: Settings, *, ip: str | None, port
     try:
         return trio.run(supervisor.run)
     except OSError as exc:
-        print(f"pushsidecar: cannot start the workers: {exc}", file=sys.stderr)
+        from .ingress.endpoint_guard import http_in_use_message, is_address_in_use
+
+        text = (http_in_use_message(supervisor.host, supervisor.port) if is_address_in_use(exc)
+                else f"{exc.strerror or exc}")
+        logger.error("cannot start: %s", text)
         return 1

@@ -38,7 +38,7 @@ import trio
 
 from ..config import Settings
 from .access import DENIED_BODY, ASGIApp, is_allowed
-from .http import HttpRuntime, answer_push_v1, sylk_json
+from .http import HttpRuntime, answer_push_v1, client_peer, sylk_json
 
 logger = logging.getLogger("sidecar.ingress.fast_http")
 
@@ -117,6 +117,7 @@ class _Connection:
         self.server = server
         self.peer = peer
         self.client = (peer[0], peer[1]) if peer else None
+        self.peer_text = client_peer({"client": self.client})  # for the log lines
         self.parser = httptools.HttpRequestParser(self)
         self.ready: collections.deque[_Request] = collections.deque()
         self.current: _Request | None = None
@@ -213,6 +214,11 @@ class FastHttpServer:
         """Listen on ``host:port`` until ``stop`` is set, then finish the requests
         being answered and return.  Reports ``["http://host:port"]`` when listening."""
         listener = await open_listener(host, port, reuse_port=reuse_port)
+        await self.serve_on(listener, stop, task_status=task_status)
+
+    async def serve_on(self, listener: socket.socket, stop: trio.Event, *,
+                       task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        """:meth:`serve` on a listening socket from :func:`open_listener` (closed at the end)."""
         try:
             bound = listener.getsockname()
             self.server_address = (bound[0], bound[1])
@@ -327,7 +333,8 @@ class FastHttpServer:
         url = request.url
         if request.method == b"POST" and (url == _PUSH_PATH or url.startswith(b"/push?")):
             try:
-                status, body = await answer_push_v1(self.runtime, b"".join(request.chunks))
+                status, body = await answer_push_v1(self.runtime, b"".join(request.chunks),
+                                                    connection.peer_text)
             except Exception:
                 logger.exception("POST /push failed unexpectedly")
                 status, body = 500, sylk_json(500, "internal server error")
