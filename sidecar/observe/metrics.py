@@ -89,6 +89,9 @@ class Metrics:
             ("platform", "status")))
         self._retries = _Children(counter(
             "retries", "Attempts that were retries of an earlier failed one.", ("platform",)))
+        self._resent_unknown = _Children(counter(
+            "resent_unknown", "Pushes resent once because a cut connection left their fate "
+            "unknown (each may be a duplicate).", ("platform",)))
         self._in_flight = gauge("pushes_in_flight", "Pushes received and not yet finished.")
         self._queue_depth = _Children(gauge(
             "queue_depth", "Items waiting in an internal queue.", ("queue",)))
@@ -141,6 +144,9 @@ class Metrics:
         self._send_seconds.get(platform).observe(seconds)
         if retry:
             self._retries.get(platform).inc()
+
+    def resent_unknown(self, platform: str) -> None:
+        self._resent_unknown.get(platform).inc()
 
     def retry(self, platform: str) -> None:
         self._retries.get(platform).inc()
