@@ -385,7 +385,10 @@ def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> ASGIApp:
           than through FastAPI (same answers, about half the cost).
     """
     # Imported here: http_v2 uses this module's helpers.
+    from . import server_errors
     from .http_v2 import create_v2_router
+
+    server_errors.install()
 
     app = FastAPI(
         title="pushsidecar",
