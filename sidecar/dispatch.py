@@ -68,6 +68,11 @@ class Dispatcher:
         self.counts: dict[OutcomeKind, int] = {kind: 0 for kind in OutcomeKind}
         self.received = 0
 
+    @property
+    def full(self) -> bool:
+        """True while new pushes would be dropped (the ZeroMQ reader sheds at once)."""
+        return self.in_flight >= self._max_in_flight
+
     async def dispatch(self, push: Push, app: AppConfig, app_type: AppType) -> Outcome:
         """Send ``push`` and return its one outcome.  Never raises (but Cancelled)."""
         self.received += 1

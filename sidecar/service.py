@@ -88,7 +88,11 @@ class Runtime:
         self.services = services
         self.store = store
         self.metrics = metrics or Metrics()
-        self.dispatcher = Dispatcher(services, listeners=listeners, metrics=self.metrics)
+        self.metrics.set_applications(settings.applications)  # label values stay bounded
+        from .budget import limits_for
+
+        self.dispatcher = Dispatcher(services, listeners=listeners, metrics=self.metrics,
+                                     max_in_flight=limits_for(settings.memory_budget_mb).in_flight)
         self._nursery = nursery
         self.started_at = time.time()
         self.proxy_ingress: Any = None  # set once the ZeroMQ socket is bound
@@ -103,6 +107,7 @@ class Runtime:
     def apply_settings(self, settings: Settings, app_types: dict[str, AppType]) -> None:
         self.settings = settings
         self.app_types = app_types
+        self.metrics.set_applications(settings.applications)
         self.services.apply(dict(settings.applications))
 
 
@@ -125,6 +130,8 @@ def refresh_metrics(runtime: Runtime) -> None:
         metrics.advance_zmq_rejected("undecodable", counters.bad)
         metrics.advance_zmq_rejected("expired", counters.expired)
         metrics.advance_zmq_rejected("duplicate", counters.duplicates)
+        metrics.advance_zmq_rejected("overloaded", counters.shed)
+        metrics.advance_zmq_rejected("unauthorised_client", counters.clients_refused)
         metrics.advance_zmq_rejected("invalid", proxy.rejected)
 
 
@@ -390,6 +397,7 @@ async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status) -> No
     """The ZeroMQ PULL socket of the proxy scripts, feeding the same dispatcher."""
     from functools import partial
 
+    from .budget import limits_for
     from .ingress.proxy import ProxyIngress
     from .ingress.zmq import serve_zmq
 
@@ -397,9 +405,14 @@ async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status) -> No
     async with trio.open_nursery() as nursery:
         proxy = ProxyIngress(runtime, nursery)
         runtime.proxy_ingress = proxy
+        curve = settings.zmq_curve
         bound = await nursery.start(partial(
             serve_zmq, endpoint, proxy.handle, counters=proxy.counters, on_discard=proxy.discard,
             ipc_dir_mode=0o750, ipc_socket_mode=0o660,
+            rcvhwm=limits_for(settings.memory_budget_mb).zmq_queue,
+            overloaded=lambda: runtime.dispatcher.full,
+            curve=curve,
+            allowed_clients=lambda: (runtime.settings.zmq_curve or curve).clients,
         ))
         task_status.started(bound)
 

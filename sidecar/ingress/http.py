@@ -40,6 +40,7 @@ from ..config import AppConfig, Settings
 from ..model import Outcome, Push, PushValidationError
 from ..store.base import StoreUnavailable, TokenStore
 from .access import AccessListMiddleware, ASGIApp, Message, Receive, Scope, Send
+from .bearer import BearerTokenMiddleware
 from .fields import build_push, parse_v1_fields
 
 logger = logging.getLogger("sidecar.ingress.http")
@@ -427,9 +428,11 @@ def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> ASGIApp:
     # Our three layers wrap FastAPI from the outside (not as FastAPI
     # middleware, which would run Starlette's error and telemetry layers
     # first): the access list runs first, then the body limit, then the fast
-    # lane for POST /push; anything else goes on to FastAPI.
+    # lane for POST /push; anything else goes on to FastAPI.  Bearer tokens,
+    # when configured, are checked between the access list and the body limit.
     inner: ASGIApp = PushFastLane(app, runtime) if fast_lane else app
     inner = BodyLimitMiddleware(inner, current_settings=lambda: runtime.settings)
+    inner = BearerTokenMiddleware(inner, current_settings=lambda: runtime.settings)
     return AccessListMiddleware(inner, current_settings=lambda: runtime.settings)
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import re
-import socket
+import time
 
 import httpx
 import msgpack
@@ -20,6 +20,7 @@ import pytest
 import trio
 import zmq
 
+from sidecar import wire
 from sidecar.service import SidecarHandle
 from sidecar.sim.creds import SimCredentials
 
@@ -33,13 +34,15 @@ def tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
 
 
-async def raw_exchange(url: str, data: bytes, *, read_timeout: float = 5.0) -> bytes:
-    """Send ``data`` on a fresh TCP connection; return everything answered until EOF."""
+async def raw_exchange(url: str, data: bytes, *, read_timeout: float = 5.0, eof: bool = False) -> bytes:
+    """Send ``data`` on a fresh TCP connection (then EOF if ``eof``); return the answer until EOF."""
     host, port = re.match(r"http://([^:/]+):(\d+)", url).groups()
     stream = await trio.open_tcp_stream(host, int(port))
     answer = b""
     try:
         await stream.send_all(data)
+        if eof:
+            await stream.send_eof()
         with trio.move_on_after(read_timeout):
             while chunk := await stream.receive_some(65536):
                 answer += chunk
@@ -125,7 +128,7 @@ def random_json_value(rng: random.Random, depth: int = 0):
     if choice == 1:
         return rng.choice([True, False])
     if choice == 2:
-        return rng.randint(-2**70, 2**70)
+        return rng.randint(-2**62, 2**62)  # msgpack's range; JSON's is wider but our parsing is the same
     if choice == 3:
         return rng.random() * 1e300
     if choice == 4:
@@ -189,12 +192,20 @@ async def test_fuzz_raw_connections_leave_the_server_healthy(
     inputs = [rng.randbytes(rng.randrange(1, 400)) for _ in range(60)]
     inputs += [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + rng.randbytes(rng.randrange(50)) for _ in range(20)]
     inputs += [b"PRI * HTTP/2.0\r\n\r\n" + rng.randbytes(10) for _ in range(10)]  # broken preface
+    answers: list[bytes] = []
+
+    async def one(data: bytes) -> None:
+        answers.append(await raw_exchange(sidecar.http_url, data, read_timeout=3.0, eof=True))
+
     with trio.fail_after(120):
-        for data in inputs:
-            answer = await raw_exchange(sidecar.http_url, data, read_timeout=2.0)
-            if answer.startswith(b"HTTP/1.1 "):
-                code, body = status_and_body(answer)
-                assert code < 500 and sylk_shaped(body), answer[:200]
+        for start in range(0, len(inputs), 10):
+            async with trio.open_nursery() as nursery:
+                for data in inputs[start:start + 10]:
+                    nursery.start_soon(one, data)
+    for answer in answers:
+        if answer.startswith(b"HTTP/1.1 "):
+            code, body = status_and_body(answer)
+            assert code < 500 and sylk_shaped(body), answer[:200]
     assert not tracebacks(caplog), [r.getMessage()[:200] for r in tracebacks(caplog)]
     assert (await client.get("/health")).status_code == 200
 
@@ -224,8 +235,18 @@ async def test_fuzz_zmq_frames_are_counted_and_never_crash(
     frames = []
     for _ in range(300):
         frames.append(rng.randbytes(rng.randrange(1, 200)))
-        frames.append(msgpack.packb(random_json_value(rng), use_bin_type=True))
-        frames.append(msgpack.packb([rng.randrange(10), random_json_value(rng), random_json_value(rng)]))
+        # surrogatepass: lone surrogates become invalid UTF-8 in the frame
+        frames.append(msgpack.packb(random_json_value(rng), use_bin_type=True, unicode_errors="surrogatepass"))
+        frames.append(msgpack.packb([rng.randrange(10), random_json_value(rng), random_json_value(rng)],
+                                    unicode_errors="surrogatepass"))
+    valid = {"v": wire.VERSION, "e": "incoming_session", "ci": "z", "f": "sip:a@b", "t": "sip:c@d",
+             "ai": "com.example.app.prod", "pl": "apple", "tk": "ab" * 32, "mt": "audio", "ts": time.time()}
+    for i in range(300):  # well-formed frames with one field made hostile
+        message = dict(valid, ci=f"zf{i}")
+        key = rng.choice(list(message))
+        message[key] = rng.choice([random_json_value(rng), "x" * rng.randrange(2000, 20000), "\ud800",
+                                   "a\x00b", -1, 1e300])
+        frames.append(msgpack.packb(message, unicode_errors="surrogatepass"))
     try:
         for frame in frames:
             sock.send(frame)
@@ -239,5 +260,6 @@ async def test_fuzz_zmq_frames_are_counted_and_never_crash(
     c = counters
     assert c.frames == c.accepted + c.bad + c.expired + c.duplicates + c.handler_errors
     assert c.handler_errors == 0
+    assert c.accepted > 0 and sidecar.runtime.proxy_ingress.rejected > 0  # the fuzz reached build_push
     assert not tracebacks(caplog), [r.getMessage()[:200] for r in tracebacks(caplog)]
     await assert_every_push_logged(client)
