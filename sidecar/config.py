@@ -495,8 +495,7 @@ def _security_settings(general: Any, general_path: Path, config_dir: Path, path_
             try:
                 result["zmq_curve"] = load_server_keys(secret, clients)
             except CurveKeyError as exc:
-                option = "curve_clients" if str(exc).startswith(str(clients)) else "curve_secret_key"
-                problems.append(f"{general_path} [zmq] {option}: {exc}")
+                problems.append(f"{general_path} [zmq] {exc.option}: {exc}")
     tokens_file = path_option("server", "bearer_tokens_file", config_dir, server["bearer_tokens_file"])
     if tokens_file is not None:
         try:
