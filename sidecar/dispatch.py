@@ -67,15 +67,17 @@ class Dispatcher:
         self.in_flight = 0
         self.counts: dict[OutcomeKind, int] = {kind: 0 for kind in OutcomeKind}
         self.received = 0
+        self.received_from: dict[str, int] = {}  # per push source (zmq, http...), both doors
 
-    @property
-    def full(self) -> bool:
-        """True while new pushes would be dropped (the ZeroMQ reader sheds at once)."""
-        return self.in_flight >= self._max_in_flight
+    def is_full(self, pending: int = 0) -> bool:
+        """True if new pushes would be dropped, counting ``pending`` ones handed
+        over but not started yet (the ZeroMQ reader sheds at once then)."""
+        return self.in_flight + pending >= self._max_in_flight
 
     async def dispatch(self, push: Push, app: AppConfig, app_type: AppType) -> Outcome:
         """Send ``push`` and return its one outcome.  Never raises (but Cancelled)."""
         self.received += 1
+        self.received_from[push.source] = self.received_from.get(push.source, 0) + 1
         self.metrics.push_received(push.source)
         log_received(push)
         started = trio.current_time()
@@ -102,6 +104,7 @@ class Dispatcher:
         """Record the outcome of a push that never reached :meth:`dispatch`
         (expired in a queue, duplicate...)."""
         self.received += 1
+        self.received_from[push.source] = self.received_from.get(push.source, 0) + 1
         self.metrics.push_received(push.source)
         return self._finish(push, app, None, Outcome(kind, _DROP_CODES.get(kind, 503), reason))
 

@@ -410,11 +410,25 @@ async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status) -> No
             serve_zmq, endpoint, proxy.handle, counters=proxy.counters, on_discard=proxy.discard,
             ipc_dir_mode=0o750, ipc_socket_mode=0o660,
             rcvhwm=limits_for(settings.memory_budget_mb).zmq_queue,
-            overloaded=lambda: runtime.dispatcher.full,
+            overloaded=lambda: runtime.dispatcher.is_full(_zmq_pending(runtime, proxy)),
             curve=curve,
             allowed_clients=lambda: (runtime.settings.zmq_curve or curve).clients,
         ))
         task_status.started(bound)
+
+
+def _zmq_pending(runtime: Runtime, proxy: Any) -> int:
+    """Messages the ZeroMQ reader handed over whose push task has not started yet.
+
+    Every message the reader lets through (or discards) reaches the
+    dispatcher once as a ``zmq`` push, through ``dispatch`` or ``drop``; the
+    difference is what is still queued as tasks, which the in-flight count
+    does not see yet.  (An account message fans out to several pushes, so
+    the estimate errs low, never high.)
+    """
+    c = proxy.counters
+    arrived = runtime.dispatcher.received_from.get("zmq", 0)
+    return max(0, c.accepted + c.expired + c.duplicates + c.shed - arrived)
 
 
 CONFIG_POLL_SECONDS = 2.0
