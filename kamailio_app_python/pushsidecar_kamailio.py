@@ -2,55 +2,61 @@
 
 Loaded by ``modparam("app_python3", "load", ".../pushsidecar_kamailio.py")``
 and called from the native routing script with ``python_exec`` (see the
-example ``kamailio.cfg`` next to this file):
+example ``kamailio.cfg`` next to this file, which says when each runs):
 
-``python_exec("register_check")``
-    On REGISTER, before ``save("location")``: checks the push parameters of
-    the Contact (RFC 8599 ``pn-provider``/``pn-prid``/``pn-param``, or the
-    legacy ``pn-type``/``pn-tok``/``app-id``/``pn-silent``).  Malformed ones are
-    logged with ``KSR.err`` and ``$var(pn_code)``/``$var(pn_reason)`` are set
-    (400, or 555 for an unsupported provider as RFC 8599 asks) for the
-    config to reject the REGISTER; ``$var(pn_code)`` is 0 when all is well.
-``python_exec("invite_prepare", "$ulc(callee=>addr)\\x1f$ci\\x1f$fu\\x1f$tu\\x1f$fn")``
-    On INVITE, after ``reg_fetch_contacts("location", "$ru", "callee")``:
-    returns 1 when the callee's contact asks for pushes (the push is built
-    and kept for ``invite_send``), -1 when it does not (relay as usual).
-    The argument (``INVITE_PVS`` joined by ``\\x1f``) saves reading each
-    value with ``KSR.pv.get``; without it the values are read that way.
-``python_exec("invite_send")``
-    After the INVITE is held (``t_suspend``): sends the push prepared above.
-``python_exec("cancel_push", "$sht(pushcall=>$ci)")``
-    On CANCEL of a held call: sends a ``cancel`` push to the contact given.
+``register_check``
+    REGISTER, before ``save()``: checks the Contact's push parameters
+    (RFC 8599 ``pn-provider``/``pn-prid``/``pn-param``, or the legacy
+    ``pn-type``/``pn-tok``/``app-id``/``pn-silent``) and its length.  Sets
+    ``$var(pn_code)`` (0, or 400/555 to refuse it, with ``$var(pn_reason)``),
+    ``$var(ps_wakes)`` (1: a contact that needs pushes registers, so calls
+    waiting for it may go on) and ``$var(ps_contact)`` (its URI).
+``invite_prepare`` / ``message_prepare`` (argument: ``PREPARE_PVS``)
+    INVITE / MESSAGE, after ``reg_fetch_contacts(..., "callee")``: sorts the
+    callee's contacts into those that ring directly and those that need a
+    push, and builds one push per push contact.  Returns -1 when there is
+    none, ``PUSH_ONLY`` (1) when nobody else rings, ``PUSH_AND_RING`` (2)
+    when some contacts ring directly (the config reads ``$rc``); sets
+    ``$var(ps_pushed)`` (the pushed contacts, kept for the cancel pushes).
+``send_prepared``
+    Sends the pushes prepared above, LAST: after the call is held or
+    relayed, so a phone that wakes at once finds it.  -1 when none could be
+    handed to the sidecar (down, queue full, nothing bound: ZMQ_IMMEDIATE
+    queues nothing then): the config answers the held call 480 at once
+    (fail fast).  No check before holding: it would cost every call a
+    system call for the rare call that finds the sidecar away.
+``cancel_pushed`` (argument: ``reason<US>answering contact<US>pushed contacts``)
+    The call ended (CANCEL, answered, or failed): a ``cancel`` push to each
+    pushed contact except the one that answered.
 
-Every method returns an int and catches everything: a Python error left
-pending in a worker breaks its next ``python_exec``.
+A call push lives as long as the config holds the call (``PS_WAIT_MS``,
+sent as the push's ``ttl``): a push that cannot reach the phone in time is
+not delivered later.  Every method returns an int and catches everything: a
+Python error left pending in a worker breaks its next ``python_exec``.
 
 Only the standard library, ``zmq`` and ``msgpack`` are imported (Kamailio
-embeds Debian's Python).  The message format comes from the sidecar's own
-``sidecar/wire.py``, found in this order:
+embeds Debian's Python).  The message format and the contact parsing come
+from the sidecar's own ``sidecar/wire.py``, found in this order:
 
 1. ``$PUSHSIDECAR_WIRE`` (the file, or the folder holding it);
 2. ``pushsidecar_wire.py`` next to this script (a symlink to wire.py);
 3. ``../sidecar/wire.py`` relative to this script (a source checkout);
 4. ``import sidecar.wire`` (the package installed for Debian's python3).
 
-The sidecar endpoint is the config's ``PUSHSIDECAR_ENDPOINT`` define (read
-through ``$def``), else ``$PUSHSIDECAR_ENDPOINT``, else
-``ipc:///run/pushsidecar/push.sock``; ``PUSHSIDECAR_SNDHWM`` likewise.
+The endpoint, queue size and wait are the config's ``PUSHSIDECAR_ENDPOINT``,
+``PUSHSIDECAR_SNDHWM`` and ``PS_WAIT_MS`` (read through ``$def``).
 
 ``$PUSHSIDECAR_BENCH_TIMING=<path>`` (benchmarks only, see
-``bench/bench_kamailio.py``) makes ``mod_init`` return a subclass that times
-``invite_prepare``/``invite_send`` into ``<path>.<pid>``; unset, the handler
-is the plain class and pays nothing for it.
+``bench/bench_proxies.py``) makes ``mod_init`` time ``invite_prepare`` and
+``send_prepared`` into ``<path>.<pid>`` (``wire.CallTimer``); unset, the
+handler pays nothing for it.
 """
 
 import importlib.util
 import os
 import re
-import struct
 import sys
 import time
-from urllib.parse import unquote
 
 import msgpack
 
@@ -78,71 +84,12 @@ def _load_wire():
 
 
 wire = _load_wire()
+uri_params = wire.uri_params
+push_target = wire.push_target
 
 # Matches every SDP that media_type() can call anything but audio (and a few
 # more, which then take the exact path).
 _maybe_not_audio = re.compile(r"m=(?:video|message)", re.IGNORECASE).search
-
-_LEGACY_PLATFORMS = {"apple": "apple", "ios": "apple", "apns": "apple",
-                     "firebase": "firebase", "google": "firebase", "android": "firebase",
-                     "fcm": "firebase"}  # fmt: skip
-
-
-def uri_params(uri):
-    """``{name: value}`` of the parameters of a SIP URI (``<...>`` optional).
-
-    Names are lower-cased, values percent-decoded; a parameter without ``=``
-    has the value ``""``.
-    """
-    start = uri.find("<")
-    if start >= 0:
-        end = uri.find(">", start)
-        uri = uri[start + 1 : end if end > 0 else len(uri)]
-    head, _, _ = uri.partition("?")  # drop URI headers
-    parts = head.split(";")
-    params = {}
-    for part in parts[1:]:
-        name, _, value = part.partition("=")
-        if name:
-            params[name.strip().lower()] = unquote(value.strip())
-    return params
-
-
-def push_target(params):
-    """Push addressing from contact parameters.
-
-    Returns:
-        None when the contact does not ask for pushes, else a dict of
-        ``encode_direct`` keyword arguments (pn_* or app_id/platform/token).
-
-    Raises:
-        wire.WireError: the parameters are there but malformed.
-    """
-    provider = params.get("pn-provider")
-    if provider is not None:
-        prid = params.get("pn-prid", "")
-        param = params.get("pn-param")
-        wire.resolve_pn(provider, prid, param, "incoming_session")  # validates
-        return {"pn_provider": provider, "pn_prid": prid, "pn_param": param}
-    ptype = params.get("pn-type")
-    if ptype is None:
-        if "pn-prid" in params or "pn-tok" in params:
-            raise wire.WireError("pn-prid/pn-tok given without pn-provider/pn-type")
-        return None
-    platform = _LEGACY_PLATFORMS.get(ptype.lower())
-    if platform is None:
-        raise wire.WireError("pn-type %r is not supported" % ptype)
-    token = params.get("pn-tok")
-    app_id = params.get("app-id")
-    if not token:
-        raise wire.WireError("pn-type %s needs a pn-tok" % ptype)
-    if not app_id:
-        raise wire.WireError("pn-type %s needs an app-id" % ptype)
-    target = {"app_id": app_id, "platform": platform, "token": token}
-    silent = params.get("pn-silent")
-    if silent is not None:
-        target["silent"] = silent not in ("0", "false", "no")
-    return target
 
 
 def media_type(body):
@@ -184,38 +131,45 @@ def _pv(name):
 # several times what it costs in a loop: the hot path does as few as it can.
 #
 # * kamailio.cfg passes the values in ONE python_exec argument, expanded by
-#   Kamailio, instead of one KSR.pv.get each.
+#   Kamailio, instead of one KSR.pv.get each; only a second and further
+#   contact is read apart.
 # * The push parameters of a callee's contact are the same for every call to
 #   it: they are parsed, validated and turned into the constant part of the
 #   frame once per contact string (per worker); a call fills in its own keys.
 
-#: What kamailio.cfg passes to ``python_exec("invite_prepare", ...)``, in this
-#: order, joined by FIELD_SEP.  The SDP body is read apart: it can outgrow the
-#: buffer Kamailio expands an argument into.
-INVITE_PVS = ("$ulc(callee=>addr)", "$ci", "$fu", "$tu", "$fn")
+#: What kamailio.cfg passes to ``invite_prepare``/``message_prepare``, in
+#: this order, joined by FIELD_SEP.  The body is read apart: it can outgrow
+#: the buffer Kamailio expands an argument into.
+PREPARE_PVS = ("$ulc(callee=>count)", "$ulc(callee=>addr)", "$ci", "$fu", "$tu", "$fn")
 FIELD_SEP = "\x1f"  # a control character: not in a SIP URI, Call-ID or display name
+CONTACT_SEP = "\x1e"  # between the pushed contacts kept in $var(ps_pushed)
 _NULL = "<null>"  # how Kamailio prints a variable without a value
+_UNREAD = object()  # the SDP of this INVITE was not read yet
 
-#: Keys of wire.py's format filled per call; the rest of an incoming_session
-#: frame depends on the contact only.
+#: Keys of wire.py's format filled per call; the rest of a frame depends on
+#: the contact (and the wait) only.
 _CALL_KEYS = ("ci", "f", "t", "ts", "dn", "mt")
 _CACHE_MAX = 4096  # contacts remembered per worker; emptied when full
+#: A SIP MESSAGE's text travels in the push: APNs takes 4 KB in all.
+MAX_MESSAGE_TEXT = 2000
+DEFAULT_WAIT_MS = 30000
+DEFAULT_CONTACT_MAX = 1024  # Kamailio's MAX_URI_SIZE: a longer URI cannot be relayed
 
 
-def _call_template(target):
+def _call_template(target, ttl):
     """The contact-dependent part of an incoming_session frame, as a dict.
 
     Made by ``wire.encode_direct`` itself, minus the per-call keys, so the
     format stays wire.py's.
     """
-    m = msgpack.unpackb(wire.encode_direct("incoming_session", "-", "-", "-", sent_at=0.0, **target),
-                        raw=False)
+    m = msgpack.unpackb(wire.encode_direct("incoming_session", "-", "-", "-", sent_at=0.0, ttl=ttl,
+                                           **target), raw=False)
     for key in _CALL_KEYS:
         m.pop(key, None)
     return m
 
 
-def _contact_entry(cache, contact):
+def _contact_entry(cache, contact, ttl):
     """Work out (and remember in ``cache``) what ``contact`` means for a call.
 
     Returns:
@@ -224,7 +178,7 @@ def _contact_entry(cache, contact):
     """
     try:
         target = push_target(uri_params(contact))
-        entry = False if target is None else _call_template(target)
+        entry = False if target is None else _call_template(target, ttl)
     except wire.WireError as exc:
         entry = exc
     if len(cache) >= _CACHE_MAX:
@@ -258,17 +212,34 @@ def _fast_encoding_agrees():
         for target in ({"pn_provider": "apns", "pn_prid": "t1:remote&t2:voip", "pn_param": "T.b.voip"},
                        {"app_id": "a", "platform": "firebase", "token": "t", "silent": False}):
             for name, body in (('"Bob" ', "v=0\r\nm=video 1 RTP/AVP 0\r\n"), (None, None)):
-                fast = _incoming_session(_call_template(target), "c", "sip:a@h", "sip:b@h", name, body)
+                fast = _incoming_session(_call_template(target, 30.0), "c", "sip:a@h", "sip:b@h", name, body)
                 fields = msgpack.unpackb(fast, raw=False)
                 slow = wire.encode_direct("incoming_session", "c", "sip:a@h", "sip:b@h", sent_at=fields["ts"],
                                           display_name=_display_name(name), media_type=media_type(body),
-                                          **target)
+                                          ttl=30.0, **target)
                 if fields != msgpack.unpackb(slow, raw=False) or wire.decode(fast) != wire.decode(slow):
                     return False
         return True
     except Exception:
         return False
 
+
+def _expires_zero(contact, expires_header):
+    """True for a de-registration (``Expires: 0`` or ``;expires=0``)."""
+    if expires_header is not None and expires_header.strip() == "0":
+        return True
+    tail = contact[contact.find(">") + 1:] if ">" in contact else ""
+    return re.search(r";\s*expires\s*=\s*0*(?:;|$|\s)", tail + ";", re.IGNORECASE) is not None
+
+
+def _def_int(name, default):
+    value = _pv("$def(%s)" % name)
+    return int(value) if value and value.isdigit() else default
+
+
+_PROC_TIMER = -1  # Kamailio's rank of its timer process
+PUSH_ONLY = 1  # invite_prepare: pushes ready, no contact rings directly
+PUSH_AND_RING = 2  # invite_prepare: pushes ready, and contacts that ring directly
 
 #: Senders inherited through fork(): kept referenced, never used nor closed.
 _inherited = []
@@ -278,8 +249,11 @@ class PushSidecar:
     """The handler object app_python3 calls; one copy per Kamailio process."""
 
     def __init__(self):
-        self.sender = None  # made on first use, in the worker (never in mod_init)
-        self.frame = None
+        self.sender = None  # made in the process that uses it (never in mod_init)
+        self.frames = []
+        self.frames_call_id = None
+        self.sdp = _UNREAD
+        self.wait_ttl = None  # seconds a call push lives: the config's PS_WAIT_MS
         self.contacts = {}  # contact URI -> _contact_entry()
         self.fast = _fast_encoding_agrees()
         if not self.fast:
@@ -291,187 +265,223 @@ class PushSidecar:
         if self.sender is not None:
             _inherited.append(self.sender)
             self.sender = None
+        if rank > 0 or rank == _PROC_TIMER:
+            # SIP workers, and the timer process that runs the failure routes
+            # (the cancel pushes of calls nobody answered): connect now, a socket
+            # needs a moment to connect before its first send.
+            try:
+                self._sender()
+            except Exception as exc:
+                KSR.err("pushsidecar: child_init(%d): %r\n" % (rank, exc))
         return 0
 
-    def _send(self, frame):
+    def _sender(self):
         sender = self.sender
         if sender is None:
             endpoint = _pv("$def(PUSHSIDECAR_ENDPOINT)") or None
-            hwm = _pv("$def(PUSHSIDECAR_SNDHWM)")
-            # Made in the process that uses it (child_init drops inherited
-            # ones), so its pid is known here: no getpid() system call per send.
             # child_init drops a sender inherited through fork(), so the
-            # per-send pid check (a system call) is not needed here.
+            # per-send pid check (a system call) is not needed here.  With
+            # immediate, nothing is queued while the sidecar is away: a push
+            # sent after the call ended would ring for nothing.
             sender = self.sender = wire.Sender(
-                endpoint, sndhwm=int(hwm) if hwm and hwm.isdigit() else None,
-                log=lambda text: KSR.warn(text + "\n"), check_pid=False,
+                endpoint, sndhwm=_def_int("PUSHSIDECAR_SNDHWM", 10000) or None,
+                log=lambda text: KSR.warn(text + "\n"), check_pid=False, immediate=True,
             )
-        return sender.send(frame)
+            sender.connect()
+        return sender
+
+    def _ttl(self):
+        ttl = self.wait_ttl
+        if ttl is None:
+            ttl = self.wait_ttl = _def_int("PS_WAIT_MS", DEFAULT_WAIT_MS) / 1000.0
+        return ttl
 
     # -- REGISTER ----------------------------------------------------------
 
     def register_check(self, msg, arg=None):
         try:
             KSR.pv.seti("$var(pn_code)", 0)
+            KSR.pv.seti("$var(ps_wakes)", 0)
+            self._sender()  # connect early: a socket needs a moment before its first send
             contact = _pv("$hdr(Contact)")
             if not contact or contact.strip() == "*":
                 return 1
+            uri = wire.contact_uri(contact)
+            limit = _def_int("PS_CONTACT_MAX", DEFAULT_CONTACT_MAX)
             try:
-                push_target(uri_params(contact))
-            except wire.WireError as exc:
+                if len(uri) > limit:
+                    raise ValueError("Contact URI of %d characters is longer than %d" % (len(uri), limit))
+                target = push_target(uri_params(uri))
+            except (wire.WireError, ValueError) as exc:
                 code = 555 if "not supported" in str(exc) else 400
-                reason = "Push Notification Service Not Supported" if code == 555 else "Bad push parameters"
-                KSR.err("pushsidecar: REGISTER of %s rejected (%d): bad push parameters in Contact %s: %s\n"
-                        % (_pv("$tu"), code, contact, exc))
+                reason = ("Push Notification Service Not Supported" if code == 555
+                          else "Contact Too Long" if isinstance(exc, ValueError) else "Bad push parameters")
+                KSR.err("pushsidecar: REGISTER of %s rejected (%d): Contact %s: %s\n"
+                        % (_pv("$tu"), code, contact[:200], exc))
                 KSR.pv.seti("$var(pn_code)", code)
                 KSR.pv.sets("$var(pn_reason)", reason)
                 return -1
+            if target is not None and not _expires_zero(contact, _pv("$hdr(Expires)")):
+                KSR.pv.seti("$var(ps_wakes)", 1)
+                KSR.pv.sets("$var(ps_contact)", uri)
             return 1
         except Exception as exc:
             KSR.err("pushsidecar: register_check failed: %r\n" % (exc,))
             return 1
 
-    # -- INVITE ------------------------------------------------------------
+    # -- INVITE and MESSAGE --------------------------------------------------
+
+    def _callee_contacts(self, count, first):
+        """The contact URIs of reg_fetch_contacts' "callee" profile."""
+        contacts = [first] if first else []
+        for index in range(1, count):
+            contact = _pv("$(ulc(callee=>addr)[%d])" % index)
+            if contact:
+                contacts.append(contact)
+        return contacts
+
+    def _prepare(self, arg, make_frame):
+        """Sort the callee's contacts and prepare one frame per push contact.
+
+        ``make_frame(template, contact, fields)`` builds the frame of one
+        push contact.  Returns 1 when pushes are ready to send, else -1.
+        """
+        self.frames = []
+        fields = arg.split(FIELD_SEP) if arg else ()
+        if len(fields) != len(PREPARE_PVS) or _NULL in fields:
+            fields = _fetch_fields(fields)
+        count, first = fields[0], fields[1]
+        count = int(count) if count and count.isdigit() else (1 if first else 0)
+        cache = self.contacts
+        frames = []
+        pushed = []
+        direct = 0
+        for contact in (first,) if count == 1 else self._callee_contacts(count, first):
+            entry = cache.get(contact)
+            if entry is None:
+                entry = _contact_entry(cache, contact, self._ttl())
+            if entry.__class__ is dict:
+                frames.append(make_frame(entry, contact, fields))
+                pushed.append(contact)
+            else:
+                if entry:  # malformed parameters (refused at REGISTER since): ring it as it is
+                    KSR.err("pushsidecar: call %s: contact %s has bad push parameters (%s): no push\n"
+                            % (fields[2], contact[:200], entry))
+                direct += 1
+        self.frames = frames
+        if not frames:
+            return -1
+        self.frames_call_id = fields[2]
+        KSR.pv.sets("$var(ps_pushed)", CONTACT_SEP.join(pushed))
+        return PUSH_AND_RING if direct else PUSH_ONLY
 
     def invite_prepare(self, msg, arg=None):
-        self.frame = None
         try:
-            fields = arg.split(FIELD_SEP) if arg else ()
-            if len(fields) != 5 or _NULL in fields:
-                fields = _fetch_fields(fields)
-            contact, call_id, from_uri, to_uri, name = fields
-            if not contact:
-                return -1
-            entry = self.contacts.get(contact)
-            if entry is None:
-                entry = _contact_entry(self.contacts, contact)
-            if entry.__class__ is not dict:
-                if entry:  # malformed parameters: said on every call, as without the cache
-                    KSR.err("pushsidecar: no push for call %s: contact %s has bad push parameters: %s\n"
-                            % (call_id, contact, entry))
-                return -1
-            body = _get("$rb")
-            if self.fast and call_id and from_uri and to_uri:
-                self.frame = _incoming_session(entry, call_id, from_uri, to_uri, name,
-                                               body if body.__class__ is str else None)
-            else:  # a value is missing, or the self-check failed: the general encoder
-                self.frame = wire.encode_direct(
-                    "incoming_session", call_id, from_uri, to_uri, display_name=_display_name(name),
-                    media_type=media_type(body if body.__class__ is str else None),
-                    **push_target(uri_params(contact)),
-                )
-            return 1
+            self.sdp = _UNREAD  # read for the first push contact only
+            return self._prepare(arg, self._call_frame)
         except Exception as exc:
             KSR.err("pushsidecar: invite_prepare failed: %r\n" % (exc,))
+            self.frames = []
             return -1
 
-    def invite_send(self, msg, arg=None):
+    def _call_frame(self, template, contact, fields):
+        body = self.sdp
+        if body is _UNREAD:
+            body = _get("$rb")
+            body = self.sdp = body if body.__class__ is str else None
+        call_id, from_uri, to_uri, name = fields[2], fields[3], fields[4], fields[5]
+        if self.fast and call_id and from_uri and to_uri:
+            return _incoming_session(template, call_id, from_uri, to_uri, name, body)
+        # a value is missing, or the self-check failed: the general encoder
+        return wire.encode_direct(
+            "incoming_session", call_id, from_uri, to_uri, display_name=_display_name(name),
+            media_type=media_type(body), ttl=self._ttl(), **push_target(uri_params(contact)),
+        )
+
+    def message_prepare(self, msg, arg=None):
         try:
-            frame = self.frame
-            if frame is None:
-                KSR.err("pushsidecar: invite_send without invite_prepare\n")
-                return -1
-            self.frame = None
-            return 1 if self._send(frame) else -1
+            text = _pv("$rb") or ""
+            if len(text) > MAX_MESSAGE_TEXT:
+                text = text[:MAX_MESSAGE_TEXT - 1] + "\u2026"
+            content_type = (_pv("$cT") or "text/plain").strip()
+
+            def frame(template, contact, fields):
+                # The text travels in the push (the config answers 202): it
+                # stays useful for the message's default life, not the wait's.
+                return wire.encode_direct(
+                    "message", fields[2], fields[3], fields[4], display_name=_display_name(fields[5]),
+                    media_type="sms", content=text, content_type=content_type,
+                    **push_target(uri_params(contact)),
+                )
+
+            return self._prepare(arg, frame)
         except Exception as exc:
-            KSR.err("pushsidecar: invite_send failed: %r\n" % (exc,))
+            KSR.err("pushsidecar: message_prepare failed: %r\n" % (exc,))
+            self.frames = []
             return -1
 
-    # -- CANCEL ------------------------------------------------------------
-
-    def cancel_push(self, msg, contact=None):
+    def send_prepared(self, msg, arg=None):
         try:
-            if not contact:
+            frames = self.frames
+            self.frames = []
+            if not frames:
                 return -1
-            target = push_target(uri_params(contact))
-            if target is None:
+            sender = self._sender()
+            sent = 0
+            for frame in frames:
+                if sender.send(frame):
+                    sent += 1
+            if not sent:
+                KSR.err("pushsidecar: call %s: no push could be handed to the sidecar at %s: %d device(s) "
+                        "not woken\n" % (self.frames_call_id, sender.endpoint, len(frames)))
                 return -1
-            reason = _pv("$hdr(Reason)")
-            frame = wire.encode_direct(
-                "cancel", _pv("$ci"), _pv("$fu"), _pv("$tu"),
-                reason=reason or "cancelled", **target,
-            )
-            return 1 if self._send(frame) else -1
+            return 1
         except Exception as exc:
-            KSR.err("pushsidecar: cancel_push failed: %r\n" % (exc,))
+            KSR.err("pushsidecar: send_prepared failed: %r\n" % (exc,))
+            return -1
+
+    # -- The end of a call ---------------------------------------------------
+
+    def cancel_pushed(self, msg, arg=None):
+        try:
+            reason, answered, pushed = ((arg or "").split(FIELD_SEP, 2) + ["", ""])[:3]
+            if not pushed or pushed == _NULL:
+                return -1
+            call_id, from_uri, to_uri = _pv("$ci"), _pv("$fu"), _pv("$tu")
+            answered = wire.strip_pn_params(answered) if answered and answered != _NULL else None
+            sender = self._sender()
+            sent = 0
+            for contact in pushed.split(CONTACT_SEP):
+                if not contact or wire.strip_pn_params(contact) == answered:
+                    continue
+                target = push_target(uri_params(contact))
+                if target is None:
+                    continue
+                frame = wire.encode_direct("cancel", call_id, from_uri, to_uri,
+                                           reason=reason or "cancelled", **target)
+                if sender.send(frame):
+                    sent += 1
+            return 1 if sent else -1
+        except Exception as exc:
+            KSR.err("pushsidecar: cancel_pushed failed: %r\n" % (exc,))
             return -1
 
 
 def _fetch_fields(fields):
-    """The INVITE_PVS values, read one by one where the argument has none.
+    """The PREPARE_PVS values, read one by one where the argument has none.
 
     For an older config (no argument), a value holding FIELD_SEP, and values
     printed as ``<null>``: also a legal Call-ID or display name, so read again
     to tell them apart.  Missing values are None, as ``_pv`` gives them.
     """
-    if len(fields) != len(INVITE_PVS):
-        return [_pv(name) for name in INVITE_PVS]
-    return [_pv(name) if value == _NULL else value for name, value in zip(INVITE_PVS, fields)]
-
-
-class _TimedPushSidecar(PushSidecar):
-    """Benchmark-only variant, used when ``$PUSHSIDECAR_BENCH_TIMING`` is set.
-
-    For each call it appends one record of seven little-endian int64 to
-    ``<PUSHSIDECAR_BENCH_TIMING>.<pid>``, in nanoseconds: wall time
-    (``perf_counter_ns``) in ``invite_prepare``, in ``invite_send``, in
-    ``Sender.send`` alone and in an empty timed region (the timer's own
-    cost); then thread CPU time (``thread_time_ns``) in ``invite_prepare``,
-    in ``invite_send`` and in an empty region.  The write happens after the
-    timed regions; the normal handler carries none of this.
-    """
-
-    RECORD = struct.Struct("<7q")
-
-    def __init__(self, path):
-        super().__init__()
-        self._timing_path = path
-        self._timing_pid = -1
-        self._timing_fd = -1
-        self._prepare = (0, 0)
-        self._sender_ns = 0
-
-    def _send(self, frame):
-        t0 = time.perf_counter_ns()
-        result = PushSidecar._send(self, frame)
-        self._sender_ns = time.perf_counter_ns() - t0
-        return result
-
-    def invite_prepare(self, msg, arg=None):
-        c0 = time.thread_time_ns()
-        t0 = time.perf_counter_ns()
-        result = PushSidecar.invite_prepare(self, msg, arg)
-        t1 = time.perf_counter_ns()
-        c1 = time.thread_time_ns()
-        self._prepare = (t1 - t0, c1 - c0)
-        return result
-
-    def invite_send(self, msg, arg=None):
-        c0 = time.thread_time_ns()
-        t0 = time.perf_counter_ns()
-        result = PushSidecar.invite_send(self, msg, arg)
-        t1 = time.perf_counter_ns()
-        c1 = time.thread_time_ns()
-        t2 = time.perf_counter_ns()
-        empty = time.perf_counter_ns() - t2
-        c2 = time.thread_time_ns()
-        empty_cpu = time.thread_time_ns() - c2
-        try:
-            pid = os.getpid()
-            if pid != self._timing_pid:  # per process, like the ZeroMQ socket
-                self._timing_fd = os.open("%s.%d" % (self._timing_path, pid),
-                                          os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                self._timing_pid = pid
-            os.write(self._timing_fd, self.RECORD.pack(
-                self._prepare[0], t1 - t0, self._sender_ns, empty,
-                self._prepare[1], c1 - c0, empty_cpu))
-        except Exception as exc:
-            KSR.err("pushsidecar: bench timing failed: %r\n" % (exc,))
-        return result
+    if len(fields) != len(PREPARE_PVS):
+        return [_pv(name) for name in PREPARE_PVS]
+    return [_pv(name) if value == _NULL else value for name, value in zip(PREPARE_PVS, fields)]
 
 
 def mod_init():
+    handler = PushSidecar()
     timing = os.environ.get("PUSHSIDECAR_BENCH_TIMING")
-    if timing:
-        return _TimedPushSidecar(timing)
-    return PushSidecar()
+    if timing:  # benchmarks only: the plain handler pays nothing for it
+        wire.CallTimer(timing).wrap(handler, "invite_prepare", "send_prepared")
+    return handler

@@ -1,39 +1,39 @@
 """OpenSIPS python-module script: send RFC 8599 pushes through the sidecar.
 
-OpenSIPS 3.1+ does the SIP side of RFC 8599 itself (registrar ``pn_enable``):
-``lookup()`` returns 2 when every contact of the callee needs a push, raises
-``E_UL_CONTACT_REFRESH`` for each of them, and ``event_routing`` injects the
-call into the device's new binding when it re-registers.  This script only
-turns that event into a sidecar message (see the example ``opensips.cfg``):
+OpenSIPS 3.4+ does the SIP side of RFC 8599 itself (registrar ``pn_enable``):
+``lookup()`` rings the contacts that need no push, raises
+``E_UL_CONTACT_REFRESH`` for each contact that does, and ``event_routing``
+forks the call to the device when it registers again.  This script turns
+those events into sidecar messages (see the example ``opensips.cfg``, which
+says when each method runs):
 
-``python_exec("contact_refresh")``
-    In ``event_route[E_UL_CONTACT_REFRESH]``: push to the contact in
-    ``$param(uri)``.  The caller's details are those the INVITE route stored
-    with ``cache_store("local", "pnctx_$ci", "$avp(pn_media) $fu $tu $fn")``
-    and the event route fetched into ``$avp(pnctx)``.
-``python_exec("cancel_push")``
-    In the CANCEL route: a ``cancel`` push to the contact in ``$avp(pnct)``.
-
-OpenSIPS 3.4+ lets the script read variables (``msg.get_pseudoVar``).  For
-3.1 to 3.3 pass everything as the argument instead, space separated, the
-display name last (it may contain spaces)::
-
-    python_exec("contact_refresh", "$param(reason) $param(req_callid) $param(uri) $avp(pnctx)")
-    python_exec("cancel_push", "$ci $avp(pnct) $fu $tu")
+``sidecar_ready``
+    Before ``lookup()``: 1 when the sidecar can take pushes now.  When it
+    cannot, the config does not hold a call for a push (fail fast).
+``push`` (argument: ``"$avp(reason) $avp(req_callid) $avp(uri) $shv(ps_wait) $var(ctx)"``)
+    For one E_UL_CONTACT_REFRESH: a push to the contact ``$avp(uri)``, an
+    ``incoming_session`` living ``ps_wait`` seconds (as long as the call
+    waits for the phone) or a ``message`` carrying the text the config kept
+    in ``$var(text)``/``$var(text_type)``.  ``ctx`` is
+    ``"<media> <from> <to> <display name>"`` stored at the INVITE.  A
+    refresh for no request (``reg-refresh``) is skipped.
+``cancel_pushed`` (argument: ``"<reason>|<answering branch URI>|<pushed contacts>"``)
+    The call ended: a ``cancel`` push to each pushed contact (space
+    separated) except the one that answered.
 
 Every method returns an int (None breaks the NEXT python_exec of the
 process) and catches everything.  The file must keep a name of its own (the
-module imports it by its base name).  The message format comes from the
-sidecar's ``sidecar/wire.py``, found as the Kamailio script finds it:
-``$PUSHSIDECAR_WIRE``, ``pushsidecar_wire.py`` next to this file,
-``../sidecar/wire.py``, or the installed ``sidecar`` package.  The endpoint
-is ``$PUSHSIDECAR_ENDPOINT`` (default ``ipc:///run/pushsidecar/push.sock``).
+module imports it by its base name).  The message format and the contact
+parsing come from the sidecar's ``sidecar/wire.py``, found as the Kamailio
+script finds it: ``$PUSHSIDECAR_WIRE``, ``pushsidecar_wire.py`` next to this
+file, ``../sidecar/wire.py``, or the installed ``sidecar`` package.  The
+endpoint is the config's ``$shv(ps_endpoint)`` (else ``$PUSHSIDECAR_ENDPOINT``,
+else ``ipc:///run/pushsidecar/push.sock``).
 """
 
 import importlib.util
 import os
 import sys
-from urllib.parse import unquote
 
 from OpenSIPS import LM_ERR  # the only logging function the module offers
 
@@ -62,17 +62,24 @@ wire = _load_wire()
 
 NULL = "<null>"  # what get_pseudoVar and argument expansion give for an unset variable
 
-# $param(reason) of E_UL_CONTACT_REFRESH -> our event; others ("reg-refresh",
+# $avp(reason) of E_UL_CONTACT_REFRESH -> our event; others ("reg-refresh",
 # "ini-SUBSCRIBE", mid-dialog requests) have no Sylk event and are skipped.
 REASON_EVENTS = {"ini-INVITE": "incoming_session", "ini-MESSAGE": "message"}
-_DEFAULT_MEDIA = {"incoming_session": "audio", "message": "sms"}  # Sylk requires one
+#: A SIP MESSAGE's text travels in the push: APNs takes 4 KB in all.
+MAX_MESSAGE_TEXT = 2000
+#: How long a process's first push may wait for its new socket to connect.
+CONNECT_WAIT_MS = 50
+
+
+def _log_raw(text):
+    try:
+        LM_ERR(text + "\n")
+    except Exception:
+        pass
 
 
 def _log(text):
-    try:
-        LM_ERR("pushsidecar: " + text + "\n")
-    except Exception:
-        pass
+    _log_raw("pushsidecar: " + text)
 
 
 def _value(text):
@@ -81,39 +88,20 @@ def _value(text):
     return text
 
 
-def uri_params(uri):
-    """``{name: value}`` of a SIP URI's parameters (lower-case names, decoded values)."""
-    start = uri.find("<")
-    if start >= 0:
-        end = uri.find(">", start)
-        uri = uri[start + 1 : end if end > 0 else len(uri)]
-    head = uri.partition("?")[0]
-    params = {}
-    for part in head.split(";")[1:]:
-        name, _, value = part.partition("=")
-        if name:
-            params[name.strip().lower()] = unquote(value.strip())
-    return params
-
-
 def pn_target(contact):
     """``encode_direct`` keyword arguments for an RFC 8599 contact URI.
 
     Raises:
         wire.WireError: no or malformed push parameters.
     """
-    params = uri_params(contact)
-    provider = params.get("pn-provider")
-    if provider is None:
-        raise wire.WireError("contact %s has no pn-provider" % contact)
-    prid = params.get("pn-prid", "")
-    param = params.get("pn-param")
-    wire.resolve_pn(provider, prid, param, "incoming_session")
-    return {"pn_provider": provider, "pn_prid": prid, "pn_param": param}
+    target = wire.push_target(wire.uri_params(contact))
+    if target is None:
+        raise wire.WireError("contact %s has no push parameters" % contact)
+    return target
 
 
 def parse_context(text):
-    """``(media, from, to, display_name)`` from ``"$avp(pn_media) $fu $tu $fn"``."""
+    """``(media, from, to, display_name)`` from ``"$var(media) $fu $tu $fn"``."""
     parts = (text or "").split(" ", 3)
     parts += [""] * (4 - len(parts))
     media, from_uri, to_uri, display = (_value(p.strip()) for p in parts)
@@ -132,10 +120,16 @@ class PushSidecar:
     def child_init(self, rank):
         return 0
 
-    def _send(self, frame):
+    def _sender(self, msg):
         if self.sender is None:
-            self.sender = wire.Sender(log=_log)
-        return self.sender.send(frame)
+            # With immediate, nothing is queued while the sidecar is away: a
+            # push sent after the call ended would ring for nothing.
+            # The module gives child_init no way to read $shv(ps_endpoint): the
+            # socket is made at a process's first call, which waits for it a moment.
+            self.sender = wire.Sender(self._pv(msg, "$shv(ps_endpoint)"), log=_log_raw, immediate=True,
+                                      connect_wait_ms=CONNECT_WAIT_MS)
+            self.sender.connect()
+        return self.sender
 
     def _pv(self, msg, name):
         try:
@@ -143,76 +137,96 @@ class PushSidecar:
         except Exception:
             return None
 
-    def contact_refresh(self, msg, arg=None):
-        """E_UL_CONTACT_REFRESH: push to ``$param(uri)`` for the pending request."""
+    def sidecar_ready(self, msg, arg=None):
+        """1 when the sidecar can take a push now, else -1 (logged)."""
         try:
-            if arg is not None:
-                parts = arg.split(" ", 3)
-                parts += [""] * (4 - len(parts))
-                reason, call_id, uri = (_value(p) for p in parts[:3])
-                context = parts[3]
-            else:
-                reason = self._pv(msg, "$param(reason)")
-                call_id = self._pv(msg, "$param(req_callid)")
-                uri = self._pv(msg, "$param(uri)")
-                context = self._pv(msg, "$avp(pnctx)")
+            sender = self._sender(msg)
+            if sender.ready():
+                return 1
+            _log("call %s: the sidecar at %s cannot take pushes now: no device will be woken"
+                 % (self._pv(msg, "$ci"), sender.endpoint))
+            return -1
+        except Exception as exc:
+            _log("sidecar_ready failed: %r" % (exc,))
+            return -1
+
+    def push(self, msg, arg=None):
+        """E_UL_CONTACT_REFRESH: push to the contact for the pending request."""
+        try:
+            parts = (arg or "").split(" ", 4)
+            parts += [""] * (5 - len(parts))
+            reason, call_id, uri, wait = (_value(p) for p in parts[:4])
             event = REASON_EVENTS.get(reason or "")
             if event is None:
                 self.skipped += 1
-                return 1  # a refresh without a call: nothing to tell the phone
+                return -1  # a refresh without a call: nothing to tell the phone
             if not uri or not call_id:
                 _log("E_UL_CONTACT_REFRESH without uri or req_callid (reason %s)" % reason)
                 return -1
-            media, from_uri, to_uri, display = parse_context(context)
+            media, from_uri, to_uri, display = parse_context(parts[4])
             if not from_uri or not to_uri:
-                # No stored context (cache miss): address the push as well as we can.
-                aor = self._pv(msg, "$param(aor)") if arg is None else None
-                to_uri = to_uri or ("sip:" + aor if aor else uri.partition(";")[0])
-                from_uri = from_uri or "sip:unknown@invalid"
+                _log("no push for call %s: no From/To in the context %r" % (call_id, parts[4]))
+                return -1
             try:
                 target = pn_target(uri)
             except wire.WireError as exc:
                 _log("no push for call %s: %s" % (call_id, exc))
                 return -1
-            frame = wire.encode_direct(
-                event, call_id, from_uri, to_uri, display_name=display,
-                media_type=media if event == "incoming_session" and media else _DEFAULT_MEDIA[event],
-                **target,
-            )
-            return 1 if self._send(frame) else -1
+            if event == "message":
+                text = self._pv(msg, "$var(text)") or ""
+                if len(text) > MAX_MESSAGE_TEXT:
+                    text = text[:MAX_MESSAGE_TEXT - 1] + "\u2026"
+                frame = wire.encode_direct(
+                    event, call_id, from_uri, to_uri, display_name=display, media_type="sms",
+                    content=text, content_type=self._pv(msg, "$var(text_type)") or "text/plain",
+                    **target,
+                )
+            else:
+                ttl = float(wait) if wait and wait.isdigit() and int(wait) > 0 else None
+                frame = wire.encode_direct(
+                    event, call_id, from_uri, to_uri, display_name=display,
+                    media_type=media or "audio", ttl=ttl, **target,
+                )
+            return 1 if self._sender(msg).send(frame) else -1
         except Exception as exc:
-            _log("contact_refresh failed: %r" % (exc,))
+            _log("push failed: %r" % (exc,))
             return -1
 
-    def cancel_push(self, msg, arg=None):
-        """CANCEL of a call waiting for a woken phone: a ``cancel`` push."""
+    def cancel_pushed(self, msg, arg=None):
+        """The call is over: a ``cancel`` push to each pushed contact but the answering one."""
         try:
-            if arg is not None:
-                parts = arg.split(" ", 3)
-                parts += [""] * (4 - len(parts))
-                call_id, contact, from_uri, to_uri = (_value(p) for p in parts)
-            else:
-                call_id = self._pv(msg, "$ci")
-                contact = self._pv(msg, "$avp(pnct)")
-                from_uri = self._pv(msg, "$fu")
-                to_uri = self._pv(msg, "$tu")
-            if not contact:
+            reason, answered, pushed = ((arg or "").split("|", 2) + ["", ""])[:3]
+            contacts = [c for c in pushed.split() if _value(c)]
+            if not contacts:
                 return -1  # no push went out for this call
+            call_id, from_uri, to_uri = self._pv(msg, "$ci"), self._pv(msg, "$fu"), self._pv(msg, "$tu")
             if not call_id or not from_uri or not to_uri:
-                _log("cancel_push: missing call-id, From or To")
+                _log("cancel_pushed: missing call-id, From or To")
                 return -1
-            try:
-                target = pn_target(contact)
-            except wire.WireError as exc:
-                _log("no cancel push for call %s: %s" % (call_id, exc))
-                return -1
-            frame = wire.encode_direct("cancel", call_id, from_uri, to_uri,
-                                       reason="cancelled", **target)
-            return 1 if self._send(frame) else -1
+            answered = wire.strip_pn_params(answered) if _value(answered) else None
+            sender = self._sender(msg)
+            sent = 0
+            for contact in contacts:
+                if answered is not None and wire.strip_pn_params(contact) == answered:
+                    continue
+                try:
+                    target = pn_target(contact)
+                except wire.WireError as exc:
+                    _log("no cancel push for call %s: %s" % (call_id, exc))
+                    continue
+                frame = wire.encode_direct("cancel", call_id, from_uri, to_uri,
+                                           reason=_value(reason) or "cancelled", **target)
+                if sender.send(frame):
+                    sent += 1
+            return 1 if sent else -1
         except Exception as exc:
-            _log("cancel_push failed: %r" % (exc,))
+            _log("cancel_pushed failed: %r" % (exc,))
             return -1
 
 
 def mod_init():
-    return PushSidecar()
+    handler = PushSidecar()
+    timing = os.environ.get("PUSHSIDECAR_BENCH_TIMING")
+    if timing:  # benchmarks only (bench/bench_proxies.py): time the two calls per INVITE
+        wire.CallTimer(timing).wrap(handler, "sidecar_ready", "push")
+    return handler

@@ -39,6 +39,9 @@ class AppConfig:
     # apple
     apple_host: str = "api.push.apple.com"
     apple_port: int = 443
+    # where pushes for development builds go (RFC 8599 pn-provider=apns.dev)
+    apple_sandbox_host: str = "api.sandbox.push.apple.com"
+    apple_sandbox_port: int = 443
     apple_certificate: Path | None = None
     apple_key: Path | None = None
     key_id: str | None = None
@@ -154,6 +157,7 @@ APP_OPTIONS = frozenset(
         "app_type",
         "app_platform",
         "apple_push_url",
+        "apple_sandbox_push_url",
         "apple_certificate",
         "apple_key",
         "key_id",
@@ -374,6 +378,11 @@ def load_applications(
                 values["apple_host"], values["apple_port"] = _host_port(url, 443)
             except ValueError as exc:
                 problem("apple_push_url", str(exc))
+            sandbox_url = text("apple_sandbox_push_url", "api.sandbox.push.apple.com")
+            try:
+                values["apple_sandbox_host"], values["apple_sandbox_port"] = _host_port(sandbox_url, 443)
+            except ValueError as exc:
+                problem("apple_sandbox_push_url", str(exc))
             certificate = credential("apple_certificate")
             key = credential("apple_key")
             values["apple_certificate"] = certificate

@@ -193,7 +193,7 @@ class Dispatcher:
         return outcome
 
 
-_DROP_CODES = {OutcomeKind.EXPIRED: 504, OutcomeKind.REJECTED: 400}
+_DROP_CODES = {OutcomeKind.EXPIRED: 504, OutcomeKind.REJECTED: 400, OutcomeKind.SKIPPED: 204}
 
 _VERDICT_TO_KIND = {
     Verdict.DELIVERED: OutcomeKind.DELIVERED,

@@ -106,6 +106,9 @@ class Push:
     content: str | None = None
     content_type: str | None = None
     source: str = "http"
+    #: for APNs: a development build (RFC 8599 ``pn-provider=apns.dev``),
+    #: sent to the application's sandbox URL
+    sandbox: bool = False
     request_id: str = dataclasses.field(default_factory=new_request_id)
 
     def replace(self, **changes: Any) -> "Push":
@@ -123,6 +126,7 @@ class OutcomeKind(str, enum.Enum):
     FAILED = "failed"  # gave up after retries (5xx, connection failures)
     EXPIRED = "expired"  # the deadline passed before it could be sent
     DROPPED = "dropped"  # overload, duplicate or undeliverable at ingress
+    SKIPPED = "skipped"  # not needed by the application (see PushNotNeeded)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -153,3 +157,16 @@ class PushValidationError(ValueError):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class PushNotNeeded(PushValidationError):
+    """A push the application has no use for (a cancel for a Linphone app).
+
+    The HTTP API answers it as Sylk did (``message``, ``status``); a proxy's
+    push ends as ``skipped`` with the reason ``why``, not as ``rejected``:
+    the proxy did right to ask, and nothing went wrong.
+    """
+
+    def __init__(self, message: str, status: int, why: str):
+        super().__init__(message, status)
+        self.why = why

@@ -1,7 +1,8 @@
 """The ``linphone`` app type: call pushes for Linphone (Belledonne) clients.
 
 Linphone apps only know incoming calls: a missing event means
-``incoming_session`` and any other event is refused (404, as Sylk did).
+``incoming_session`` and any other event is refused (404, as Sylk did); a
+proxy's ``cancel`` ends as ``skipped`` (see ``LINPHONE_CANCEL``).
 Apple pushes are always VoIP pushes; ``loc-args`` is an array, as Apple's
 format requires (the original sent a bare string).
 """
@@ -11,13 +12,21 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
-from ..model import Event, Push, PushValidationError
+from ..model import Event, Push, PushNotNeeded, PushValidationError
 from ..pns.base import Notification
 from .base import AppType
 from .sylk import apns_headers, fcm_message, voip_topic
 
 #: the ``pn_ttl`` Linphone clients expect in Apple payloads (30 days, a constant)
 LINPHONE_PN_TTL = 2592000
+
+#: Why a proxy's cancel for a Linphone app is skipped.  Linphone reads no cancel
+#: in a push: a second VoIP push for the call is ignored while it rings, and
+#: shows as a failed call once it ended.  It ends a call whose INVITE never
+#: came by itself (liblinphone's push_incoming_call_timeout, 15 s on iOS; the
+#: Android wake-up service stops after 20 s), as it does with Flexisip.
+LINPHONE_CANCEL = ("linphone apps read no cancel push: the app ends a call whose INVITE "
+                   "never came by itself (about 15 s)")
 
 
 def send_time(now: float) -> str:
@@ -37,11 +46,11 @@ class LinphoneAppType(AppType):
         if event is None:
             checked["event"] = Event.INCOMING_SESSION.value
         elif event != Event.INCOMING_SESSION.value:
-            raise PushValidationError(
-                f"Event '{event}' is not supported by linphone applications "
-                f"(only '{Event.INCOMING_SESSION.value}')",
-                404,
-            )
+            message = (f"Event '{event}' is not supported by linphone applications "
+                       f"(only '{Event.INCOMING_SESSION.value}')")
+            if event == Event.CANCEL.value:
+                raise PushNotNeeded(message, 404, why=LINPHONE_CANCEL)
+            raise PushValidationError(message, 404)
         return checked
 
     def build_apple(self, push: Push, now: float) -> Notification:

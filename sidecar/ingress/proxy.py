@@ -4,6 +4,7 @@ The ZeroMQ reader (``ingress/zmq.py``) hands each valid, fresh, new message
 to :meth:`ProxyIngress.handle`, which must not block: it starts one task per
 message in its nursery.  Every message ends in exactly one logged outcome:
 a dispatched push's own, or ``rejected`` (invalid for the configuration),
+``skipped`` (not needed by the application: a cancel for a Linphone app),
 ``expired`` (older than its time to live) or ``dropped`` (duplicate, or an
 account with no stored device).
 """
@@ -14,7 +15,7 @@ import time
 
 import trio
 
-from ..model import Event, OutcomeKind, Push, PushValidationError, new_request_id
+from ..model import Event, OutcomeKind, Push, PushNotNeeded, PushValidationError, new_request_id
 from ..store.base import StoreUnavailable
 from ..wire import WireMessage, to_sylk_fields
 from .fields import build_push
@@ -35,6 +36,9 @@ class ProxyIngress:
             return
         try:
             push, app, app_type = self._build(msg, ttl)
+        except PushNotNeeded as exc:
+            self._runtime.dispatcher.drop(self._placeholder(msg), None, exc.why, kind=OutcomeKind.SKIPPED)
+            return
         except PushValidationError as exc:
             self._reject(msg, exc)
             return
@@ -52,10 +56,13 @@ class ProxyIngress:
 
     def _build(self, msg: WireMessage, ttl: float):
         runtime = self._runtime
-        return build_push(
+        push, app, app_type = build_push(
             to_sylk_fields(msg), settings=runtime.settings, app_types=runtime.app_types,
             source="zmq", now=trio.current_time(), wall_now=time.time(), ttl=ttl,
         )
+        if msg.sandbox:  # a development build: APNs's sandbox (Sylk's fields have no such key)
+            push = push.replace(sandbox=True)
+        return push, app, app_type
 
     def _reject(self, msg: WireMessage, exc: PushValidationError) -> None:
         self.rejected += 1

@@ -81,7 +81,7 @@ class ZmqIngressCounters:
         return dataclasses.asdict(self)
 
 
-def message_ttl(msg: WireMessage) -> int:
+def message_ttl(msg: WireMessage) -> float:
     """The useful life of a message in seconds (its own, or the event's default)."""
     return msg.ttl if msg.ttl is not None else _TTL_BY_EVENT.get(msg.event, 45)
 

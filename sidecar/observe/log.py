@@ -522,7 +522,7 @@ def log_attempt(
     _emit(level, push, fields, logger)
 
 
-_QUIET_KINDS = {OutcomeKind.DELIVERED, OutcomeKind.TOKEN_DEAD}
+_QUIET_KINDS = {OutcomeKind.DELIVERED, OutcomeKind.TOKEN_DEAD, OutcomeKind.SKIPPED}
 
 
 def log_outcome(push: Push, outcome: Outcome, *, logger: logging.Logger | None = None) -> None:

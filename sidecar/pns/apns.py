@@ -124,6 +124,8 @@ class ApnsService(PushService):
             (without the authorization header).
         connector: test seam: opens connections instead of TLS to
             apple_host:apple_port.
+        sandbox_connector: the same for apple_sandbox_host:apple_sandbox_port,
+            where pushes with ``push.sandbox`` (development builds) go.
         wall_clock: UNIX time, for Retry-After dates.
 
     Raises:
@@ -141,6 +143,7 @@ class ApnsService(PushService):
         token_cache: ApnsTokenCache,
         debug_hpack: bool = False,
         connector: Connector | None = None,
+        sandbox_connector: Connector | None = None,
         wall_clock: Callable[[], float] = time.time,
     ):
         self._app = app
@@ -160,17 +163,37 @@ class ApnsService(PushService):
             )
         else:
             raise PushServiceConfigError(f"{where} APNs needs apple_certificate or apple_key (.p8)")
-        host, port = app.apple_host, app.apple_port
-        self._url_prefix = f"https://{host}:{port}/3/device/"
+        self._nursery = nursery
+        self._context = context
+        self._endpoint, self._url_prefix = self._open_endpoint(app.apple_host, app.apple_port, connector)
+        # Development builds (pn-provider=apns.dev) are served by Apple's sandbox:
+        # its connection is opened on the first such push only.
+        self._sandbox: tuple[Http2Endpoint, str] | None = None
+        self._sandbox_connector = sandbox_connector
+
+    def _open_endpoint(self, host: str, port: int, connector: Connector | None) -> tuple[Http2Endpoint, str]:
         if connector is None:
-            connector = functools.partial(open_http2_connection, host, port, context, connect_timeout=CONNECT_TIMEOUT)
-        self._endpoint = Http2Endpoint(connector, nursery, name=f"apns {app.app_id} {host}:{port}")
+            connector = functools.partial(
+                open_http2_connection, host, port, self._context, connect_timeout=CONNECT_TIMEOUT
+            )
+        endpoint = Http2Endpoint(connector, self._nursery, name=f"apns {self._app.app_id} {host}:{port}")
+        return endpoint, f"https://{host}:{port}/3/device/"
+
+    def _endpoint_for(self, push: Push) -> tuple[Http2Endpoint, str]:
+        if not push.sandbox:
+            return self._endpoint, self._url_prefix
+        if self._sandbox is None:
+            app = self._app
+            self._sandbox = self._open_endpoint(app.apple_sandbox_host, app.apple_sandbox_port,
+                                                self._sandbox_connector)
+        return self._sandbox
 
     async def send(self, push: Push, notification: Notification) -> SendResult:
         """One attempt; never raises except Cancelled.  See the module docstring."""
+        endpoint, url_prefix = self._endpoint_for(push)
         token = quote(push.token, safe="")
         path = "/3/device/" + token
-        url = self._url_prefix + token
+        url = url_prefix + token
         try:
             body = _encode_json(notification.payload).encode()
         except (TypeError, ValueError) as exc:
@@ -187,7 +210,7 @@ class ApnsService(PushService):
             jwt = self._jwt.token()
             headers.append(("authorization", "bearer " + jwt))
         try:
-            response = await self._endpoint.request("POST", path, headers, body, send_by=push.deadline)
+            response = await endpoint.request("POST", path, headers, body, send_by=push.deadline)
         except Http2Error as exc:
             return failure_result(exc, url)
         except Exception as exc:  # a bug: report it, but keep the no-raise contract
@@ -202,6 +225,8 @@ class ApnsService(PushService):
 
     async def aclose(self) -> None:
         await self._endpoint.aclose()
+        if self._sandbox is not None:
+            await self._sandbox[0].aclose()
 
     def statistics(self) -> Mapping[str, Any]:
         stats = {"platform": self.platform, "app_id": self._app.app_id, **self._endpoint.statistics()}

@@ -10,7 +10,9 @@ import pytest
 import zmq
 
 from sidecar import model, wire
-from sidecar.wire import WireError, decode, encode_account, encode_direct
+from sidecar.wire import (
+    WireError, decode, encode_account, encode_direct, push_target, strip_pn_params, to_sylk_fields, uri_params,
+)
 
 CALL = dict(event="incoming_session", call_id="c1@host", from_uri="sip:alice@x", to_uri="sip:bob@x")
 
@@ -174,9 +176,10 @@ def test_malformed_pn_params_are_explained(provider, prid, param, message):
         (pack(base(t=None)), "missing key 't' \\(to\\)"),
         (pack(base(ts=...)), "missing key 'ts'"),
         (pack(base(ts="now")), "'ts' \\(sent-at\\) must be a number, not str"),
-        (pack(base(ttl=0)), "'ttl' must be an integer"),
-        (pack(base(ttl=1.5)), "'ttl' must be an integer"),
-        (pack(base(ttl=10**9)), "'ttl' must be an integer"),
+        (pack(base(ttl=0)), "'ttl' must be a number of seconds above 0"),
+        (pack(base(ttl=-1.5)), "'ttl' must be a number of seconds above 0"),
+        (pack(base(ttl="30")), "'ttl' must be a number of seconds above 0"),
+        (pack(base(ttl=10**9)), "'ttl' must be a number of seconds above 0 and up to"),
         (pack(base(sl=1)), "'sl' \\(silent\\) must be a boolean"),
         (pack(base(mt="hologram")), "unknown media type 'hologram'"),
         (pack(base(mt=3)), "'mt' \\(media type\\) must be a string"),
@@ -351,3 +354,42 @@ def test_rate_limited_log_counts_suppressed_lines():
     assert limited("d")
     assert lines == ["a", "d (2 similar messages suppressed)"]
     assert wire.RateLimitedLog(lambda text: 1 / 0)("boom")  # a failing log never raises
+
+
+def test_a_fractional_ttl_is_the_proxy_hold_time():
+    msg = decode(encode_direct("incoming_session", "c", "sip:a@x", "sip:b@x", app_id="a",
+                               platform="apple", token="t", ttl=1.5))
+    assert msg.ttl == 1.5
+
+
+def test_message_text_travels_with_its_type():
+    msg = decode(encode_direct("message", "c", "sip:a@x", "sip:b@x", app_id="a", platform="apple",
+                               token="t", media_type="sms", content="hi", content_type="text/plain"))
+    assert (msg.content, msg.content_type) == ("hi", "text/plain")
+    fields = to_sylk_fields(msg)
+    assert (fields["content"], fields["content-type"]) == ("hi", "text/plain")
+
+
+@pytest.mark.parametrize("provider, sandbox", [("apns", False), ("apns.dev", True), ("APNS.DEV", True),
+                                               ("fcm", False)])
+def test_apns_dev_marks_a_development_build(provider, sandbox):
+    msg = decode(encode_direct("incoming_session", "c", "sip:a@x", "sip:b@x", pn_provider=provider,
+                               pn_prid="tok", pn_param="TEAM.com.x" if provider != "fcm" else "proj"))
+    assert msg.sandbox is sandbox
+
+
+def test_contact_parsing_shared_by_the_proxy_scripts():
+    contact = ('<sip:bob@10.0.0.5:5062;transport=udp;pn-prid=AA:voip%26BB:remote;pn-provider=apns.dev;'
+               'pn-param=TEAM.org.linphone.phone.voip%26remote;pn-silent=1>;+sip.instance="<urn:uuid:1>"')
+    params = uri_params(contact)
+    assert params["pn-prid"] == "AA:voip&BB:remote" and "+sip.instance" not in params
+    assert push_target(params) == {"pn_provider": "apns.dev", "pn_prid": "AA:voip&BB:remote",
+                                   "pn_param": "TEAM.org.linphone.phone.voip&remote"}
+    assert strip_pn_params(contact) == "sip:bob@10.0.0.5:5062;transport=udp"
+    assert push_target(uri_params("<sip:alice@pc:5060>")) is None
+    assert push_target(uri_params("<sip:s@h;pn-type=ios;pn-tok=T;app-id=com.x;pn-silent=0>")) == {
+        "app_id": "com.x", "platform": "apple", "token": "T", "silent": False}
+    for bad, text in (("pn-provider=webpush;pn-prid=x;pn-param=y", "not supported"),
+                      ("pn-type=ios;app-id=a", "needs a pn-tok"), ("pn-prid=x", "without pn-provider")):
+        with pytest.raises(WireError, match=text):
+            push_target(uri_params(f"<sip:s@h;{bad}>"))

@@ -1,30 +1,37 @@
-"""Benchmark of the proxy path: real Kamailio + the sidecar + the APNs simulator.
+"""Benchmark of the proxy path: each real proxy + the sidecar + the APNs simulator.
 
+For Kamailio 5.6 (Debian) and OpenSIPS 3.4 and 3.6 (built from ../shared/vendor
+by scripts/build_opensips.sh), each started from its example configuration.
 Everything runs on loopback with free ports and a temporary folder, and stops
 by itself: the simulator (``python -m sidecar.sim``, recording to a file) and
-the sidecar (``python -m sidecar``) as subprocesses, Kamailio from the example
-``kamailio_app_python/kamailio.cfg`` (4 workers, a short wait so unanswered
-calls end with 480), sipp as the caller (``tests/integration/sipp/bench_caller.xml``)
-calling one phone registered with RFC 8599 parameters that never wakes up.
+the sidecar (``python -m sidecar``) as subprocesses, the proxy with 4 workers
+and a 3 s wait (so unanswered calls end with 480, and a cancel push; a push that
+reaches the sidecar later than that has outlived its call and is dropped as
+expired, by design: it counts as missing here), sipp as
+the caller (``tests/integration/sipp/bench_caller.xml``) calling one phone
+registered with Linphone's RFC 8599 parameters that never wakes up.
 
-Three figures:
+Three figures per proxy:
 
-a. **Per-call cost in the Kamailio worker**: Kamailio started with
-   ``PUSHSIDECAR_BENCH_TIMING``; the script times ``invite_prepare`` +
-   ``invite_send`` (``time.perf_counter_ns``, per process) and, as baselines
-   of the same calls, ``Sender.send`` alone and an empty timed region.
+a. **Per-call cost in the proxy's processes**: the proxy started with
+   ``PUSHSIDECAR_BENCH_TIMING``; the script times its two calls per INVITE
+   (``wire.CallTimer``: Kamailio ``invite_prepare`` + ``send_prepared``, both
+   in the SIP worker; OpenSIPS ``sidecar_ready`` in the SIP worker + ``push``
+   in the process that runs the E_UL_CONTACT_REFRESH route) and, as
+   baselines of the same calls, ``Sender.send`` alone and an empty timed
+   region.
 b. **Sustained calls/s with zero loss**: sipp at fixed rates; every call must
    get 110 then 480, and the simulator must have recorded exactly one
-   accepted APNs push per call (Call-IDs compared one by one).
+   accepted call push per call (Call-IDs compared one by one).
 c. **INVITE-to-push latency** at the first rate: sipp logs each INVITE's send
    time, the simulator each push's receive time (same machine clock).
 
 Run (prints a report; ``--json FILE`` also writes the figures; exit status 1
-when a target is missed, 2 when Kamailio or sipp is missing)::
+when a target is missed, 2 when no proxy or sipp is found)::
 
-    .venv/bin/python bench/bench_kamailio.py
+    .venv/bin/python bench/bench_proxies.py [--proxies kamailio,opensips-3.4,opensips-3.6]
 
-Targets: per-call p50 <= 20 us; >= 2,000 calls/s with zero loss;
+Targets: Kamailio per-call p50 <= 20 us; >= 2,000 calls/s with zero loss;
 INVITE-to-push p99 < 20 ms at 1,000 calls/s.
 """
 
@@ -44,14 +51,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from kamailio_fixtures import (  # noqa: E402
-    SIPP, SIPP_DIR, Kamailio, _tool, free_udp_port, start_kamailio,
+from proxy_fixtures import (  # noqa: E402
+    PROXIES, SIPP, SIPP_DIR, Proxy, _tool, free_udp_port, opensips_prefix, start_kamailio, start_opensips,
 )
 
-VOIP_TOKEN = "ab" * 32
-REMOTE_TOKEN = "cd" * 32
-WAIT_MS = 200  # how long Kamailio holds each unanswered call before its 480
-CHILDREN = 4
+VOIP_TOKEN = "AB" * 32  # uppercase hex, as iOS hands tokens to Linphone
+REMOTE_TOKEN = "CD" * 32
+WAIT_MS = 3000  # how long the proxy holds each unanswered call before its 480, and its push lives
+CHILDREN = 4  # Kamailio children; opensips.cfg has udp_workers=4
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -132,9 +139,17 @@ key_id = {creds.key_id}
 team_id = {creds.team_id}
 tls_ca_file = {creds.ca_file}
 """)
-    pn = (f"pn-provider=apns;pn-prid={REMOTE_TOKEN}:remote&{VOIP_TOKEN}:voip;"
-          f"pn-param={creds.team_id}.{creds.token_bundle_id}.remote&voip")
+    pn = (f"pn-prid={VOIP_TOKEN}:voip&{REMOTE_TOKEN}:remote;pn-provider=apns;"
+          f"pn-param={creds.team_id}.{creds.token_bundle_id}.voip&remote;pn-silent=1;pn-timeout=0;"
+          "pn-msg-str=IM_MSG;pn-call-str=IC_MSG;pn-groupchat-str=GC_MSG;pn-call-snd=notes_of_the_forest.caf;"
+          "pn-msg-snd=msg.caf")
     return config, pn
+
+
+def start_bench_proxy(name: str, tmp: Path, endpoint: str, env: dict[str, str] | None = None) -> Proxy:
+    if name == "kamailio":
+        return start_kamailio(tmp, endpoint=endpoint, wait_ms=WAIT_MS, children=CHILDREN, shm_mb=256, env=env)
+    return start_opensips(tmp, name, endpoint=endpoint, wait_ms=WAIT_MS, env=env, shm_mb=256)
 
 
 def start_sidecar(tmp: Path, config: Path) -> Proc:
@@ -148,7 +163,7 @@ def start_sidecar(tmp: Path, config: Path) -> Proc:
 # sipp
 
 
-def run_sipp(tmp: Path, name: str, scenario: str, kam: Kamailio, *, calls: int, rate: int,
+def run_sipp(tmp: Path, name: str, scenario: str, kam: Proxy, *, calls: int, rate: int,
              keys: dict[str, str], timeout: float) -> tuple[int, Path, str]:
     """Run sipp to the end (no message trace: it would slow sipp down); return
     (exit status, its -trace_logs file, its screen output)."""
@@ -172,10 +187,12 @@ def run_sipp(tmp: Path, name: str, scenario: str, kam: Kamailio, *, calls: int, 
     return code, log_file, (folder / "stdout.log").read_text(errors="replace")
 
 
-def register(tmp: Path, kam: Kamailio, user: str, pn: str) -> None:
-    code, _, screen = run_sipp(tmp, f"register-{user}", "register.xml", kam, calls=1, rate=1,
-                               keys={"user": user, "contact_port": str(free_udp_port()), "pn": pn},
-                               timeout=15)
+def register(tmp: Path, kam: Proxy, user: str, pn: str) -> None:
+    contact = (f"<sip:{user}@127.0.0.1:{free_udp_port()};transport=udp;{pn}>"
+               ';+sip.instance="<urn:uuid:00000000-0000-4000-8000-00000000b1e5>"')
+    code, _, screen = run_sipp(tmp, f"register-{kam.name}-{user}", "register_contact.xml", kam, calls=1,
+                               rate=1, keys={"user": user, "contact": contact, "expires": "3600",
+                                             "user_agent": "LinphoneiOS/5.2"}, timeout=15)
     if code != 0:
         raise RuntimeError(f"REGISTER of {user} failed ({code}):\n{screen[-3000:]}")
 
@@ -236,9 +253,9 @@ class SimRecords:
             self.offset += end
             for line in data[:end].splitlines():
                 record = json.loads(line)
-                if record.get("kind") == "apns" and "body" in record:
-                    self.pushes.setdefault(record["body"]["call-id"], []).append(
-                        (record["time"], record["status"]))
+                body = record.get("body") if record.get("kind") == "apns" else None
+                if body and body.get("event") == "incoming_session":  # not the cancels after each 480
+                    self.pushes.setdefault(body["call-id"], []).append((record["time"], record["status"]))
         return sum(len(v) for v in self.pushes.values())
 
     def settle(self, call_ids: set[str], timeout: float = 30.0) -> None:
@@ -262,19 +279,18 @@ class SimRecords:
 # The phases
 
 
-def per_call_cost(tmp: Path, endpoint: str, pn: str, calls: int, rate: int) -> dict:
-    """(a): the script's own timing inside the real Kamailio workers."""
-    timing = tmp / "timing" / "t"
+def per_call_cost(name: str, tmp: Path, endpoint: str, pn: str, calls: int, rate: int) -> dict:
+    """(a): the script's own timing inside the real proxy's processes."""
+    timing = tmp / f"timing-{name}" / "t"
     timing.parent.mkdir()
-    kam = start_kamailio(tmp / "kam-timed", endpoint=endpoint, wait_ms=WAIT_MS, children=CHILDREN,
-                         shm_mb=256, env={"PUSHSIDECAR_BENCH_TIMING": str(timing)})
+    kam = start_bench_proxy(name, tmp / f"{name}-timed", endpoint, env={"PUSHSIDECAR_BENCH_TIMING": str(timing)})
     try:
         register(tmp, kam, "timed", pn)
-        code, _, screen = run_sipp(tmp, "timed", "bench_caller.xml", kam, calls=calls, rate=rate,
+        code, _, screen = run_sipp(tmp, f"{name}-timed", "bench_caller.xml", kam, calls=calls, rate=rate,
                                    keys={"callee": "timed"}, timeout=calls / rate + 30)
     finally:
         kam.stop()
-    record = struct.Struct("<7q")  # the layout written by the script's _TimedPushSidecar
+    record = struct.Struct("<7q")  # the layout written by wire.CallTimer
     samples = []
     for path in timing.parent.glob("t.*"):
         data = path.read_bytes()
@@ -288,22 +304,22 @@ def per_call_cost(tmp: Path, endpoint: str, pn: str, calls: int, rate: int) -> d
         "calls": calls, "rate": rate, "samples": len(samples),
         "workers": len(list(timing.parent.glob("t.*"))),
         "sipp_exit": code, "failed_calls": failed_calls(screen),
-        "wall_prepare_plus_send_us": stats([s[0] + s[1] for s in samples]),
+        "wall_per_call_us": stats([s[0] + s[1] for s in samples]),
         "wall_sender_send_alone_us": stats([s[2] for s in samples]),
         "wall_empty_region_us": stats([s[3] for s in samples]),
-        "cpu_prepare_plus_send_us": stats([s[4] + s[5] for s in samples]),
+        "cpu_per_call_us": stats([s[4] + s[5] for s in samples]),
         "cpu_empty_region_us": stats([s[6] for s in samples]),
     }
 
 
-def sustained(tmp: Path, kam: Kamailio, records: SimRecords, pn: str, rate: int, seconds: float,
+def sustained(tmp: Path, kam: Proxy, records: SimRecords, pn: str, rate: int, seconds: float,
               sidecar_log: Path) -> dict:
     """(b) and (c): one fixed-rate run; loss and INVITE-to-push latency."""
     calls = int(rate * seconds)
     user = f"rate{rate}"
     register(tmp, kam, user, pn)
-    dropped_before = kam.log().count("push dropped")
-    code, log_file, screen = run_sipp(tmp, f"rate{rate}", "bench_caller.xml", kam, calls=calls,
+    dropped_before = kam.log().count(" dropped: ")
+    code, log_file, screen = run_sipp(tmp, f"{kam.name}-rate{rate}", "bench_caller.xml", kam, calls=calls,
                                       rate=rate, keys={"callee": user}, timeout=seconds + 60)
     sent = invite_times(log_file)
     records.settle(set(sent))
@@ -322,7 +338,7 @@ def sustained(tmp: Path, kam: Kamailio, records: SimRecords, pn: str, rate: int,
         "sipp_exit": code, "failed_calls": failed_calls(screen),
         "pushes_ok": len(ok), "missing": missing, "duplicated": duplicated,
         "not_200": sum(1 for got in pushed.values() if got and any(s != 200 for _, s in got)),
-        "kamailio_drops": kam.log().count("push dropped") - dropped_before,
+        "proxy_drop_lines": kam.log().count(" dropped: ") - dropped_before,
         "latency_ms": {"p50": percentile(latency_ms, 0.5), "p99": percentile(latency_ms, 0.99),
                        "max": max(latency_ms) if latency_ms else float("nan")},
         "invite_to_sidecar_received_ms": {"p50": percentile(to_sidecar_ms, 0.5),
@@ -330,8 +346,39 @@ def sustained(tmp: Path, kam: Kamailio, records: SimRecords, pn: str, rate: int,
     }
 
 
+def available(names: list[str]) -> tuple[list[str], list[str]]:
+    """(the proxies found here, a line per proxy missing)."""
+    found, missing = [], []
+    for name in names:
+        if name == "kamailio":
+            absent = [t for t in ("kamailio", "sipp") if _tool(t) is None]
+        else:
+            absent = [] if opensips_prefix(name) else [f"{name} (bash scripts/build_opensips.sh)"]
+        (missing if absent else found).append(name if not absent else f"{name}: missing {', '.join(absent)}")
+    return found, missing
+
+
+def bench_proxy(name: str, tmp: Path, endpoint: str, pn: str, records: SimRecords, args) -> dict:
+    print(f"[{name}] (a) per-call cost: {args.timing_calls} calls at 1000/s, timed in the proxy", flush=True)
+    result: dict = {"per_call": per_call_cost(name, tmp, endpoint, pn, args.timing_calls, 1000)}
+    records.poll()
+    proxy = start_bench_proxy(name, tmp / name, endpoint)
+    try:
+        result["sustained"] = []
+        for rate in args.rate_list:
+            print(f"[{name}] (b) {rate} calls/s for {args.seconds:g} s", flush=True)
+            result["sustained"].append(sustained(tmp, proxy, records, pn, rate, args.seconds,
+                                                 tmp / "sidecar.log"))
+    finally:
+        proxy.stop()
+    result["traceback"] = "Traceback" in proxy.log()
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--proxies", default=",".join(PROXIES),
+                        help=f"which proxies (default {','.join(PROXIES)}; those not found are said and skipped)")
     parser.add_argument("--rates", default="1000,2000",
                         help="calls/s of the sustained runs; the first one gives the latency (default 1000,2000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each sustained run (default 10)")
@@ -340,14 +387,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="work in DIR (created, then kept: logs, records) instead of a temporary folder")
     args = parser.parse_args(argv)
-    rates = [int(r) for r in args.rates.split(",")]
-    missing = [t for t in ("kamailio", "sipp") if _tool(t) is None]
-    if missing:
-        print(f"bench_kamailio: missing {', '.join(missing)}", file=sys.stderr)
+    args.rate_list = [int(r) for r in args.rates.split(",")]
+    names, missing = available(args.proxies.split(","))
+    for line in missing:
+        print(f"bench_proxies: skipped {line}", file=sys.stderr)
+    if not names:
         return 2
 
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "kamailio_workers": CHILDREN, "wait_ms": WAIT_MS}
-    with tempfile.TemporaryDirectory(prefix="bench-kamailio-") as tmp_name:
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "workers": CHILDREN, "wait_ms": WAIT_MS,
+                     "skipped": missing, "proxies": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-proxies-") as tmp_name:
         tmp = Path(tmp_name)
         if args.keep:
             args.keep.mkdir(parents=True)
@@ -360,23 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             config, pn = write_sidecar_config(tmp, sim_port, endpoint)
             procs.append(start_sidecar(tmp, config))
             records = SimRecords(record_file)
-
-            print(f"(a) per-call cost: {args.timing_calls} calls at 1000/s, timed in the Kamailio workers",
-                  flush=True)
-            results["per_call"] = per_call_cost(tmp, endpoint, pn, args.timing_calls, 1000)
-            records.poll()
-
-            kam = start_kamailio(tmp / "kam", endpoint=endpoint, wait_ms=WAIT_MS, children=CHILDREN,
-                                 shm_mb=256)
-            procs.append(kam)
-            results["sustained"] = []
-            for rate in rates:
-                print(f"(b) {rate} calls/s for {args.seconds:g} s", flush=True)
-                results["sustained"].append(sustained(tmp, kam, records, pn, rate, args.seconds,
-                                                     tmp / "sidecar.log"))
-            kam.stop()
-            if "Traceback" in kam.log():
-                results["kamailio_traceback"] = True
+            for name in names:
+                results["proxies"][name] = bench_proxy(name, tmp, endpoint, pn, records, args)
         finally:
             for proc in reversed(procs):
                 proc.stop()
@@ -386,41 +420,57 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if targets_met(results) else 1
 
 
-def targets_met(results: dict) -> bool:
-    per_call = results["per_call"]["wall_prepare_plus_send_us"]["p50"] <= 20
-    runs = results["sustained"]
+def proxy_targets(name: str, result: dict) -> dict[str, bool]:
+    runs = result["sustained"]
     lossless = [r for r in runs if r["missing"] == 0 and r["duplicated"] == 0 and r["not_200"] == 0
                 and r["sipp_exit"] == 0 and r["invites_sent"] == r["calls"]]
-    rate = any(r["target_rate"] >= 2000 for r in lossless)
-    latency = bool(runs) and runs[0]["target_rate"] <= 1000 and runs[0]["latency_ms"]["p99"] < 20
-    results["targets"] = {"per_call_p50_le_20us": per_call, "2000_cps_zero_loss": rate,
-                          "latency_p99_lt_20ms_at_1000cps": latency}
-    return per_call and rate and latency
+    targets = {
+        "2000_cps_zero_loss": any(r["target_rate"] >= 2000 for r in lossless),
+        "latency_p99_lt_20ms_at_1000cps": bool(runs) and runs[0]["target_rate"] <= 1000
+        and runs[0]["latency_ms"]["p99"] < 20,
+    }
+    if name == "kamailio":
+        targets["per_call_p50_le_20us"] = result["per_call"]["wall_per_call_us"]["p50"] <= 20
+    return targets
+
+
+def targets_met(results: dict) -> bool:
+    met = True
+    for name, result in results["proxies"].items():
+        result["targets"] = proxy_targets(name, result)
+        met = met and all(result["targets"].values()) and not result["traceback"]
+    return met
 
 
 def report(results: dict) -> None:
     targets_met(results)
-    a = results["per_call"]
-    print("\n== Kamailio + sidecar + APNs simulator (loopback, "
-          f"{results['machine']['cpus']} CPUs, {results['kamailio_workers']} Kamailio workers)")
-    print(f"(a) per-call cost in the worker ({a['samples']} calls in {a['workers']} processes, "
-          f"sipp exit {a['sipp_exit']}):")
-    for name, label in (("wall_prepare_plus_send_us", "invite_prepare + invite_send, wall"),
-                        ("wall_sender_send_alone_us", "  of which Sender.send alone, wall"),
-                        ("wall_empty_region_us", "  empty timed region, wall"),
-                        ("cpu_prepare_plus_send_us", "invite_prepare + invite_send, CPU"),
-                        ("cpu_empty_region_us", "  empty timed region, CPU")):
-        print(f"    {label:38s} p50 {a[name]['p50']:7.1f} us   p99 {a[name]['p99']:7.1f} us")
-    for r in results["sustained"]:
-        print(f"(b) {r['target_rate']} calls/s: {r['invites_sent']}/{r['calls']} INVITEs "
-              f"(achieved {r['achieved_rate']}/s), sipp exit {r['sipp_exit']}, failed calls {r['failed_calls']}, "
-              f"pushes ok {r['pushes_ok']}, missing {r['missing']}, duplicated {r['duplicated']}, "
-              f"non-200 {r['not_200']}, dropped in Kamailio {r['kamailio_drops']}")
-        lat = r["latency_ms"]
-        print(f"    INVITE-to-push p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms"
-              f"  (INVITE to sidecar 'received' log line: p50 {r['invite_to_sidecar_received_ms']['p50']:.0f} ms"
-              f"  p99 {r['invite_to_sidecar_received_ms']['p99']:.0f} ms)")
-    print("targets: " + ", ".join(f"{k} {'OK' if v else 'MISSED'}" for k, v in results["targets"].items()))
+    print(f"\n== proxy + sidecar + APNs simulator (loopback, {results['machine']['cpus']} CPUs, "
+          f"{results['workers']} proxy workers, calls held {results['wait_ms']} ms then 480 + cancel push)")
+    calls = {"kamailio": "invite_prepare + send_prepared", "opensips": "sidecar_ready + push"}
+    for name, result in results["proxies"].items():
+        a = result["per_call"]
+        label = calls["kamailio" if name == "kamailio" else "opensips"]
+        print(f"[{name}] (a) per-call cost ({a['samples']} calls in {a['workers']} processes, "
+              f"sipp exit {a['sipp_exit']}):")
+        for key, text in (("wall_per_call_us", f"{label}, wall"),
+                          ("wall_sender_send_alone_us", "  of which Sender.send alone, wall"),
+                          ("wall_empty_region_us", "  empty timed region, wall"),
+                          ("cpu_per_call_us", f"{label}, CPU"),
+                          ("cpu_empty_region_us", "  empty timed region, CPU")):
+            print(f"    {text:40s} p50 {a[key]['p50']:7.1f} us   p99 {a[key]['p99']:7.1f} us")
+        for r in result["sustained"]:
+            print(f"[{name}] (b) {r['target_rate']} calls/s: {r['invites_sent']}/{r['calls']} INVITEs "
+                  f"(achieved {r['achieved_rate']}/s), sipp exit {r['sipp_exit']}, failed calls "
+                  f"{r['failed_calls']}, pushes ok {r['pushes_ok']}, missing {r['missing']}, duplicated "
+                  f"{r['duplicated']}, non-200 {r['not_200']}, drop lines in the proxy log {r['proxy_drop_lines']}")
+            lat = r["latency_ms"]
+            print(f"    INVITE-to-push p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms"
+                  f"  (INVITE to sidecar 'received' log line: p50 {r['invite_to_sidecar_received_ms']['p50']:.0f} ms"
+                  f"  p99 {r['invite_to_sidecar_received_ms']['p99']:.0f} ms)")
+        print(f"[{name}] targets: " + ", ".join(f"{k} {'OK' if v else 'MISSED'}"
+                                                for k, v in result["targets"].items()))
+    for line in results["skipped"]:
+        print(f"skipped {line}")
 
 
 if __name__ == "__main__":

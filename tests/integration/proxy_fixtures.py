@@ -1,8 +1,14 @@
-"""Run a private Kamailio and sipp for the integration tests.
+"""Run a private Kamailio or OpenSIPS, and sipp, for the integration tests.
 
-Kamailio runs in the foreground from the example configuration
-(kamailio_app_python/kamailio.cfg) rendered with free ports, a temporary run
-directory and a short wait.  sipp runs the scenarios in tests/integration/sipp.
+Each proxy runs in the foreground from its example configuration
+(kamailio_app_python/kamailio.cfg, opensips_scripts/opensips.cfg) with only
+the values an operator edits at its top changed: listener (a free port),
+script path, sidecar endpoint and wait.  sipp runs the scenarios in
+tests/integration/sipp.
+
+OpenSIPS is built from the vendored tarballs by scripts/build_opensips.sh
+(scripts/test.sh does it and exports PUSHSIDECAR_OPENSIPS_<version>); the
+tests find the cached build otherwise.
 """
 
 from __future__ import annotations
@@ -22,8 +28,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CFG_TEMPLATE = ROOT / "kamailio_app_python" / "kamailio.cfg"
 SCRIPT = ROOT / "kamailio_app_python" / "pushsidecar_kamailio.py"
+OPENSIPS_CFG = ROOT / "opensips_scripts" / "opensips.cfg"
+OPENSIPS_SCRIPT = ROOT / "opensips_scripts" / "pushsidecar_opensips.py"
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 REQUIRE_ENV = "PUSHSIDECAR_REQUIRE_KAMAILIO"
+REQUIRE_OPENSIPS_ENV = "PUSHSIDECAR_REQUIRE_OPENSIPS"
+#: proxy name in the tests -> OpenSIPS release built from ../shared/vendor
+OPENSIPS_VERSIONS = {"opensips-3.4": "3.4.18", "opensips-3.6": "3.6.8"}
+PROXIES = ("kamailio", *OPENSIPS_VERSIONS)
 
 
 def _tool(name: str) -> str | None:
@@ -98,7 +110,10 @@ def render_config(template: str, values: dict[str, str]) -> str:
 
 
 @dataclasses.dataclass
-class Kamailio:
+class Proxy:
+    """A running proxy: Kamailio or OpenSIPS (``name`` is one of PROXIES)."""
+
+    name: str
     port: int
     endpoint: str
     run_dir: Path
@@ -120,7 +135,7 @@ class Kamailio:
 
 def start_kamailio(tmp: Path, *, endpoint: str, wait_ms: int, children: int = 2,
                    sndhwm: int = 10000, env: dict[str, str] | None = None,
-                   shm_mb: int = 64) -> Kamailio:
+                   shm_mb: int = 64) -> Proxy:
     """Render the example config and start Kamailio in the foreground; wait until it answers.
 
     ``env`` adds variables to Kamailio's environment (the caller's PUSHSIDECAR_*
@@ -135,7 +150,6 @@ def start_kamailio(tmp: Path, *, endpoint: str, wait_ms: int, children: int = 2,
         "PUSHSIDECAR_ENDPOINT": endpoint,
         "PUSHSIDECAR_SNDHWM": str(sndhwm),
         "PS_WAIT_MS": str(wait_ms),
-        "PS_HOLD_SECS": str(wait_ms // 1000 + 10),
         "PS_CHILDREN": str(children),
     })
     cfg_path = run_dir / "kamailio.cfg"
@@ -151,7 +165,7 @@ def start_kamailio(tmp: Path, *, endpoint: str, wait_ms: int, children: int = 2,
          "-P", str(run_dir / "kamailio.pid"), "-m", str(shm_mb), "-M", "8", "-w", str(run_dir)],
         stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=kam_env,
     )
-    kam = Kamailio(port, endpoint, run_dir, process, log_path)
+    kam = Proxy("kamailio", port, endpoint, run_dir, process, log_path)
     try:
         _wait_until_answering(kam)
     except BaseException:
@@ -160,8 +174,8 @@ def start_kamailio(tmp: Path, *, endpoint: str, wait_ms: int, children: int = 2,
     return kam
 
 
-def _wait_until_answering(kam: Kamailio, timeout: float = 15.0) -> None:
-    """Send OPTIONS until Kamailio answers (it replies 405 to OPTIONS in this config)."""
+def _wait_until_answering(kam: Proxy, timeout: float = 15.0) -> None:
+    """Send OPTIONS until the proxy answers (the example configs reply 405 to OPTIONS)."""
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -170,7 +184,7 @@ def _wait_until_answering(kam: Kamailio, timeout: float = 15.0) -> None:
         n = 0
         while time.monotonic() < deadline:
             if kam.process.poll() is not None:
-                raise AssertionError(f"kamailio exited with {kam.process.returncode}:\n{kam.log()}")
+                raise AssertionError(f"{kam.name} exited with {kam.process.returncode}:\n{kam.log()}")
             n += 1
             s.sendto((
                 f"OPTIONS sip:ping@127.0.0.1:{kam.port} SIP/2.0\r\n"
@@ -183,7 +197,7 @@ def _wait_until_answering(kam: Kamailio, timeout: float = 15.0) -> None:
                     return
             except socket.timeout:
                 continue
-    raise AssertionError(f"kamailio did not answer within {timeout} s:\n{kam.log()}")
+    raise AssertionError(f"{kam.name} did not answer within {timeout} s:\n{kam.log()}")
 
 
 @dataclasses.dataclass
@@ -215,10 +229,11 @@ class SippRun:
         return time.monotonic() - self.started
 
 
-def sipp(tmp: Path, name: str, scenario: str, kam: Kamailio, *, calls: int = 1, rate: float = 10,
+def sipp(tmp: Path, name: str, scenario: str, kam: Proxy, *, calls: int = 1, rate: float = 10,
          keys: dict[str, str] | None = None, local_port: int | None = None,
-         timeout_s: int = 20) -> SippRun:
-    """Start sipp on ``scenario`` against ``kam``; ``keys`` become ``-key name value``."""
+         timeout_s: int = 20, pause_ms: int = 200) -> SippRun:
+    """Start sipp on ``scenario`` against ``kam``; ``keys`` become ``-key name value``;
+    ``pause_ms`` is the length of a scenario's plain ``<pause/>``."""
     log_dir = tmp / f"sipp-{name}"
     log_dir.mkdir(parents=True, exist_ok=True)
     args = [
@@ -226,6 +241,7 @@ def sipp(tmp: Path, name: str, scenario: str, kam: Kamailio, *, calls: int = 1, 
         "-i", "127.0.0.1", "-p", str(local_port or free_udp_port()),
         "-mp", str(free_udp_port(4)), "-cp", str(free_udp_port()),
         "-m", str(calls), "-r", str(rate), "-timeout", f"{timeout_s}s", "-timeout_error",
+        "-d", str(pause_ms),
         "-nostdin",
         "-trace_err", "-trace_msg", "-message_file", str(log_dir / "messages.log"),
         "-error_file", str(log_dir / "errors.log"),
@@ -236,3 +252,107 @@ def sipp(tmp: Path, name: str, scenario: str, kam: Kamailio, *, calls: int = 1, 
     process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                cwd=log_dir)
     return SippRun(name, process, log_dir, time.monotonic())
+
+
+# -- OpenSIPS -------------------------------------------------------------------
+
+
+def opensips_prefix(name: str) -> Path | None:
+    """The install folder of OpenSIPS ``name`` (see OPENSIPS_VERSIONS), or None."""
+    version = OPENSIPS_VERSIONS[name]
+    given = os.environ.get("PUSHSIDECAR_OPENSIPS_" + version.replace(".", "_"))
+    if given:
+        return Path(given)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pushsidecar"
+    builds = sorted(cache.glob(f"opensips-{version}-*/sbin/opensips"), key=lambda p: p.stat().st_mtime)
+    return builds[-1].parent.parent if builds else None
+
+
+def require_opensips(name: str) -> Path:
+    """The OpenSIPS install to use; skip (or, in CI, fail loudly) without one."""
+    missing = []
+    prefix = opensips_prefix(name)
+    if prefix is None or not (prefix / "sbin" / "opensips").exists():
+        missing.append(f"OpenSIPS {OPENSIPS_VERSIONS[name]} (bash scripts/build_opensips.sh "
+                       f"{OPENSIPS_VERSIONS[name]})")
+    if _tool("sipp") is None:
+        missing.append("sipp")
+    if missing:
+        reason = "missing: " + ", ".join(missing)
+        if os.environ.get(REQUIRE_OPENSIPS_ENV) == "1":
+            pytest.fail(f"{REQUIRE_OPENSIPS_ENV}=1 but {reason}", pytrace=False)
+        print(f"SKIPPED OpenSIPS integration tests: {reason}")
+        pytest.skip(reason)
+    assert prefix is not None
+    return prefix
+
+
+def render_opensips_config(template: str, values: dict[str, str]) -> str:
+    """Change the values an operator edits at the top of opensips.cfg.
+
+    ``values`` keys: ``socket``, ``mpath``, ``ps_endpoint``, ``ps_wait``,
+    ``script_name``; each must match exactly one line.
+    """
+    patterns = {
+        "socket": (r"^socket = .*$", "socket = {}"),
+        "mpath": (r'^mpath = ".*"$', 'mpath = "{}"'),
+        "ps_endpoint": (r'^modparam\("cfgutils", "shvset", "ps_endpoint=s:.*"\)$',
+                        'modparam("cfgutils", "shvset", "ps_endpoint=s:{}")'),
+        "ps_wait": (r'^modparam\("cfgutils", "shvset", "ps_wait=i:.*"\)$',
+                    'modparam("cfgutils", "shvset", "ps_wait=i:{}")'),
+        "script_name": (r'^modparam\("python", "script_name", ".*"\)$',
+                        'modparam("python", "script_name", "{}")'),
+    }
+    out = template
+    for name, value in values.items():
+        pattern, line = patterns[name]
+        out, count = re.subn(pattern, lambda _m: line.format(value), out, flags=re.MULTILINE)
+        if count != 1:
+            raise KeyError(f"{name}: {count} lines match {pattern!r} in opensips.cfg")
+    return out
+
+
+def start_opensips(tmp: Path, name: str, *, endpoint: str, wait_ms: int,
+                   env: dict[str, str] | None = None, shm_mb: int = 64) -> Proxy:
+    """Render the example opensips.cfg and start OpenSIPS ``name`` in the foreground."""
+    prefix = require_opensips(name)
+    run_dir = tmp / f"{name}-run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = free_udp_port()
+    modules = prefix / "lib64" / "opensips" / "modules"
+    if not modules.exists():
+        modules = prefix / "lib" / "opensips" / "modules"
+    cfg = render_opensips_config(OPENSIPS_CFG.read_text(), {
+        "socket": f"udp:127.0.0.1:{port}",
+        "mpath": f"{modules}/",
+        "ps_endpoint": endpoint,
+        "ps_wait": str(max(1, round(wait_ms / 1000))),
+        "script_name": str(OPENSIPS_SCRIPT),
+    })
+    cfg_path = run_dir / "opensips.cfg"
+    cfg_path.write_text(cfg)
+    binary = str(prefix / "sbin" / "opensips")
+    check = subprocess.run([binary, "-C", "-f", str(cfg_path)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, f"opensips -C failed:\n{check.stdout}\n{check.stderr}"
+    log_path = run_dir / "opensips.log"
+    os_env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSIDECAR_")}
+    os_env.update(env or {})
+    process = subprocess.Popen(
+        [binary, "-F", "-f", str(cfg_path), "-m", str(shm_mb), "-M", "8", "-w", str(run_dir)],
+        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=os_env,
+    )
+    proxy = Proxy(name, port, endpoint, run_dir, process, log_path)
+    try:
+        _wait_until_answering(proxy)
+    except BaseException:
+        proxy.stop()
+        raise
+    return proxy
+
+
+def start_proxy(name: str, tmp: Path, *, endpoint: str, wait_ms: int) -> Proxy:
+    """Start the proxy ``name`` (one of PROXIES) from its example configuration."""
+    if name == "kamailio":
+        require_tools()
+        return start_kamailio(tmp, endpoint=endpoint, wait_ms=wait_ms)
+    return start_opensips(tmp, name, endpoint=endpoint, wait_ms=wait_ms)
