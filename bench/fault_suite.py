@@ -113,9 +113,13 @@ async def run_fault(name: str, args: argparse.Namespace, sim: common.SimProcess,
     await sim_control(sim, "POST", "/_sim/reset")
     sidecar = Sidecar(folder / name, creds, sim.port)
     answers: dict[str, int] = {}
+    transport_errors: list[str] = []
+    print(f"fault_suite: {name}...", file=sys.stderr, flush=True)
     try:
-        async with httpx.AsyncClient(base_url=sidecar.url, timeout=120,
-                                     limits=httpx.Limits(max_connections=args.concurrency)) as client:
+        # Idle connections expire before the server's 5 s keep-alive timeout: a
+        # request sent as the server closes one would fail for reasons of HTTP/1.1.
+        limits = httpx.Limits(max_connections=args.concurrency, keepalive_expiry=3.0)
+        async with httpx.AsyncClient(base_url=sidecar.url, timeout=120, limits=limits) as client:
             warm = await client.post("/push", json=push_body(app_id, f"{name}-warm"))
             assert warm.status_code == 200, warm.text
             await sim_control(sim, "POST", "/_sim/script", FAULTS[name])
@@ -124,7 +128,11 @@ async def run_fault(name: str, args: argparse.Namespace, sim: common.SimProcess,
 
             async def worker() -> None:
                 for call_id in call_ids:
-                    reply = await client.post("/push", json=push_body(app_id, call_id))
+                    try:
+                        reply = await client.post("/push", json=push_body(app_id, call_id))
+                    except httpx.TransportError as exc:  # counted: the push may still have an outcome
+                        transport_errors.append(f"{call_id}: {exc!r}")
+                        continue
                     answers[call_id] = reply.status_code
 
             async with trio.open_nursery() as nursery:
@@ -147,10 +155,14 @@ async def run_fault(name: str, args: argparse.Namespace, sim: common.SimProcess,
         "outcomes_total": int(sum(outcomes.values())) - 1,  # less the warm-up push
         "sim_copies": sum(copies.values()),
         "duplicates": sum(n - 1 for n in copies.values() if n > 1),
-        "lost": (args.pushes - len(answers))
+        # No outcome (received != outcomes), or "delivered" and never seen by the simulator.
+        "lost": max(0, int(metric_sum(metrics, "pushsidecar_pushes_received_total")
+                           - metric_sum(metrics, "pushsidecar_outcomes_total")))
         + sum(1 for c, code in answers.items() if code == 200 and copies[c] == 0),
         "resent_unknown": int(metric_sum(metrics, "pushsidecar_resent_unknown_total")),
         "peak_rss_mb": peak,
+        "http_errors": len(transport_errors),
+        "http_error_sample": transport_errors[:3],
     }
 
 
@@ -210,13 +222,16 @@ async def run_overload(args: argparse.Namespace, sim: common.SimProcess, folder:
 def print_faults(results: dict[str, dict[str, Any]]) -> None:
     kinds = ("delivered", "failed", "expired", "rejected", "dropped", "token_dead")
     header = f"{'fault':<9}{'in':>6}{'pushes/s':>10}" + "".join(f"{k:>11}" for k in kinds) \
-        + f"{'sim copies':>12}{'dupl.':>7}{'lost':>6}{'resent?':>9}{'RSS MB':>8}"
+        + f"{'sim copies':>12}{'dupl.':>7}{'lost':>6}{'resent?':>9}{'RSS MB':>8}{'HTTP err':>10}"
     print(header)
     for name, r in results.items():
         print(f"{name:<9}{r['pushes']:>6}{r['rate']:>10.0f}"
               + "".join(f"{r['outcomes'].get(k, 0) - (1 if k == 'delivered' else 0):>11}" for k in kinds)
               + f"{r['sim_copies']:>12}{r['duplicates']:>7}{r['lost']:>6}{r['resent_unknown']:>9}"
-              f"{r['peak_rss_mb']:>8.0f}")
+              f"{r['peak_rss_mb']:>8.0f}{r['http_errors']:>10}")
+    for name, r in results.items():
+        if r["http_errors"]:
+            print(f"  {name}: HTTP client errors, e.g. {r['http_error_sample']}")
     base = results.get("none")
     if base:
         print("pushes/s relative to 'none' (same run): "

@@ -263,3 +263,25 @@ async def test_fuzz_zmq_frames_are_counted_and_never_crash(
     assert c.accepted > 0 and sidecar.runtime.proxy_ingress.rejected > 0  # the fuzz reached build_push
     assert not tracebacks(caplog), [r.getMessage()[:200] for r in tracebacks(caplog)]
     await assert_every_push_logged(client)
+
+
+async def test_client_that_keeps_sending_after_the_413_leaves_no_traceback(sidecar: SidecarHandle, caplog) -> None:
+    host, port = re.match(r"http://([^:/]+):(\d+)", sidecar.http_url).groups()
+    stream = await trio.open_tcp_stream(host, int(port))
+    answer = b""
+    chunk = b"y" * 16384
+    try:
+        await stream.send_all(b"POST /push HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        with trio.move_on_after(5):
+            for _ in range(200):  # 3 MB, streamed, still sending after the answer
+                await stream.send_all(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                with trio.move_on_after(0.005):
+                    answer += await stream.receive_some(65536)
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await stream.aclose()
+    code, body = status_and_body(answer)
+    assert code == 413 and sylk_shaped(body)
+    await trio.sleep(0.5)
+    assert not tracebacks(caplog), [r.getMessage()[:300] for r in tracebacks(caplog)]

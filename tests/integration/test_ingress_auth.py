@@ -8,6 +8,7 @@ verifying the listener's certificate.
 from __future__ import annotations
 
 import logging
+import ssl
 import stat
 from pathlib import Path
 
@@ -145,7 +146,7 @@ async def test_tls_listener_serves_a_verifying_client(
                                  f"tls_certificate = {pem}")
     async with running_sidecar(config) as handle:
         url = handle.http_url.replace("http://", "https://")
-        async with httpx.AsyncClient(base_url=url, verify=str(ca_file)) as client:
+        async with httpx.AsyncClient(base_url=url, verify=ssl.create_default_context(cafile=str(ca_file))) as client:
             assert (await client.get("/health")).status_code == 200
             reply = await client.post("/push", json=call_body(sim_credentials, "tls1"))
             assert reply.status_code == 200, reply.text
