@@ -3,10 +3,13 @@
 Theory of operation: the ingress hands over a validated :class:`Push` with
 its application and app type.  The app type builds the notification (pure),
 the push service makes one attempt at a time and classifies the answer, and
-this module owns everything around the attempts: the deadline (a cancel
-scope at ``push.deadline``), retries with backoff honouring Retry-After, the
-overload limit, and the single final :class:`Outcome` that is logged and
-counted.  "Nothing lost" is checkable: pushes in == outcomes out, per kind.
+this module owns everything around the attempts: the deadline (nothing is
+sent after ``push.deadline``, but an answer already on its way is awaited up
+to ANSWER_GRACE past it: a delivered push is never reported expired), retries
+with backoff honouring Retry-After, at most one resend of a push whose fate a
+cut connection left unknown, the overload limit, and the single final
+:class:`Outcome` that is logged and counted.  "Nothing lost" is checkable:
+pushes in == outcomes out, per kind.
 """
 
 from __future__ import annotations

@@ -115,7 +115,8 @@ def check_text(key: str, value: str) -> str:
     Lone UTF-16 surrogates (``"\\ud800"`` in JSON) decode to a Python str
     that cannot be encoded: it would break the log line of the push, the
     payload sent to the push service and the token store.  NUL and other C0
-    controls but tab are refused too (they end strings in C and split logs).
+    controls but tab are refused too (they end strings in C and split logs);
+    ``content`` (a message's text) may also hold CR and LF.
 
     Raises:
         PushValidationError: 400 naming the field.
@@ -129,12 +130,15 @@ def check_text(key: str, value: str) -> str:
         except UnicodeEncodeError:
             raise PushValidationError(
                 f"Field '{key}' is not valid Unicode (lone surrogate)", 400) from None
-    if not value.isprintable() and _CONTROL.search(value):
+    if not value.isprintable() and (_TEXT_CONTROL if key in MULTILINE_FIELDS else _CONTROL).search(value):
         raise PushValidationError(f"Field '{key}' contains a control character", 400)
     return value
 
 
+#: free text that may hold line breaks (a message's text); other fields are one line
+MULTILINE_FIELDS = frozenset({"content"})
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def check_fields_text(fields: Mapping[str, Any]) -> None:
