@@ -71,6 +71,12 @@ async def test_cut_after_answer_delivers_read_answers_and_resends_unknown_once(
     twice = {call_id for call_id, n in seen.items() if n > 1}
     assert max(seen.values()) <= 2
     assert len(twice) <= resent
+    # A resent copy carries the same apns-id: APNs and the app can recognise it.
+    ids: dict[str, set[str]] = collections.defaultdict(set)
+    for r in records:
+        ids[r["body"]["call-id"]].add(r["headers"]["apns-id"])
+    assert all(len(found) == 1 for found in ids.values())
+    assert len({next(iter(found)) for found in ids.values()}) == len(ids)
     # Nothing lost: every push has one outcome.  A push whose fate was unknown
     # twice is not resent a second time: failed (502), never a third copy.
     outcomes = metric(metrics, "pushsidecar_outcomes_total")

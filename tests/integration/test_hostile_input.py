@@ -40,9 +40,12 @@ async def raw_exchange(url: str, data: bytes, *, read_timeout: float = 5.0, eof:
     stream = await trio.open_tcp_stream(host, int(port))
     answer = b""
     try:
-        await stream.send_all(data)
-        if eof:
-            await stream.send_eof()
+        try:
+            await stream.send_all(data)
+            if eof:
+                await stream.send_eof()
+        except trio.BrokenResourceError:
+            pass  # the server answered and closed before reading it all: read the answer
         with trio.move_on_after(read_timeout):
             while chunk := await stream.receive_some(65536):
                 answer += chunk
