@@ -119,7 +119,8 @@ def start_simulator(tmp: Path) -> tuple[Proc, int, Path]:
 
 
 def write_sidecar_config(tmp: Path, sim_port: int, endpoint: str):
-    """Add the ZeroMQ endpoint and an app for the RFC 8599 bundle id to the sim's config."""
+    """Add the ZeroMQ endpoint and the RFC 8599 applications to the sim's config."""
+    from sidecar.sim.cli import rfc8599_applications
     from sidecar.sim.creds import ensure_credentials
 
     creds = ensure_credentials(tmp / "creds")
@@ -127,18 +128,7 @@ def write_sidecar_config(tmp: Path, sim_port: int, endpoint: str):
     general = config / "general.ini"
     general.write_text(general.read_text() + f"\n[zmq]\nendpoint = {endpoint}\nrun_dir = {tmp}\n")
     apps = config / "applications.ini"
-    apps.write_text(apps.read_text() + f"""
-# pn-param <TeamID>.<bundle>[.voip] maps to app-id <bundle> (sidecar/wire.py)
-[rfc8599-apple]
-app_id = {creds.token_bundle_id}
-app_type = sylk
-app_platform = apple
-apple_push_url = 127.0.0.1:{sim_port}
-apple_key = {creds.apns_key_file}
-key_id = {creds.key_id}
-team_id = {creds.team_id}
-tls_ca_file = {creds.ca_file}
-""")
+    apps.write_text(apps.read_text() + rfc8599_applications(creds, sim_port))
     pn = (f"pn-prid={VOIP_TOKEN}:voip&{REMOTE_TOKEN}:remote;pn-provider=apns;"
           f"pn-param={creds.team_id}.{creds.token_bundle_id}.voip&remote;pn-silent=1;pn-timeout=0;"
           "pn-msg-str=IM_MSG;pn-call-str=IC_MSG;pn-groupchat-str=GC_MSG;pn-call-snd=notes_of_the_forest.caf;"

@@ -20,6 +20,9 @@ says when each method runs):
 ``cancel_pushed`` (argument: ``"<reason>|<answering branch URI>|<pushed contacts>"``)
     The call ended: a ``cancel`` push to each pushed contact (space
     separated) except the one that answered.
+``cancel_one`` (argument: ``"<reason>|<call-id>|<contact>|<context>"``)
+    The call ended while route[PUSH] (which runs apart from the call) sent
+    its push: that push is cancelled at once.
 
 Every method returns an int (None breaks the NEXT python_exec of the
 process) and catches everything.  The file must keep a name of its own (the
@@ -190,6 +193,24 @@ class PushSidecar:
             return 1 if self._sender(msg).send(frame) else -1
         except Exception as exc:
             _log("push failed: %r" % (exc,))
+            return -1
+
+    def cancel_one(self, msg, arg=None):
+        """The call ended while route[PUSH] sent its push: cancel that one at once.
+
+        Argument ``"<reason>|<call-id>|<contact>|<context>"`` (the context as for ``push``).
+        """
+        try:
+            reason, call_id, contact, context = ((arg or "").split("|", 3) + ["", "", ""])[:4]
+            _, from_uri, to_uri, _ = parse_context(context)
+            if not _value(call_id) or not _value(contact) or not from_uri or not to_uri:
+                _log("cancel_one: missing call-id, contact, From or To in %r" % (arg,))
+                return -1
+            frame = wire.encode_direct("cancel", call_id, from_uri, to_uri,
+                                       reason=_value(reason) or "cancelled", **pn_target(contact))
+            return 1 if self._sender(msg).send(frame) else -1
+        except Exception as exc:
+            _log("cancel_one failed: %r" % (exc,))
             return -1
 
     def cancel_pushed(self, msg, arg=None):

@@ -4,11 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Kamailio + sipp (proxy tests), Debian's zmq/msgpack (the proxy's embedded
+# Python), systemd (unit checks), Java 17 + Maven (.ci/cassandra.sh fetches and
+# runs Apache Cassandra), Chromium (the /docs page tested in a real browser).
 DEBIAN_PACKAGES=(kamailio kamailio-python3-modules kamailio-extra-modules sip-tester
-                 python3-zmq python3-msgpack systemd)
+                 python3-zmq python3-msgpack systemd
+                 openjdk-17-jre-headless maven chromium)
 
+# A command already on PATH counts (Maven or Chromium installed another way).
+declare -A PROVIDES=([maven]=mvn [chromium]=chromium)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    if [ -n "${PROVIDES[$pkg]:-}" ] && command -v "${PROVIDES[$pkg]}" >/dev/null; then
+        continue
+    fi
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -13,6 +13,7 @@ export PUSHSIDECAR_OPENSIPS_3_6_8="$(bash scripts/build_opensips.sh 3.6.8 | tail
 export PUSHSIDECAR_REQUIRE_OPENSIPS=1
 export PUSHSIDECAR_REQUIRE_KAMAILIO=1
 export PUSHSIDECAR_REQUIRE_SYSTEMD=1
+export PUSHSIDECAR_REQUIRE_CHROMIUM=1
 export PUSHSIDECAR_CASSANDRA=1
 bash .ci/cassandra.sh install
 

@@ -1,8 +1,8 @@
 """The ``pushsidecar`` command: the daemon and its sub-commands.
 
     pushsidecar [--config-dir DIR] [--ip IP] [--port N] [--debug]   run the daemon
-    pushsidecar check-config [--config-dir DIR]                     validate, exit 0 or 2
-    pushsidecar demo                                                daemon + simulator, no credentials needed
+    pushsidecar check-config [--config-dir DIR] [--strict]          validate, exit 0 or 2
+    pushsidecar demo [--keep]                                       daemon + simulator, no credentials needed
     pushsidecar simulate ...                                        the APNs/FCM/OAuth simulator
     pushsidecar store {init,list,remove,import-sylk-pickle} ...     token store operations
     pushsidecar trace CALL-ID [--log FILE]                          one call's pushes from the log
@@ -46,15 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accepted for Sylk compatibility; the daemon always runs in the foreground")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    check = commands.add_parser("check-config", help="validate the configuration and exit (0 ok, 2 errors)")
+    check = commands.add_parser(
+        "check-config",
+        help="validate the configuration as the daemon does at start-up, credentials included; "
+        "exit 0 ok, 2 errors",
+    )
     add_config_dir_option(check)
+    check.add_argument("--strict", action="store_true",
+                       help="treat warnings (unknown sections and options, no application) as errors")
 
     demo = commands.add_parser(
         "demo",
         help="run the sidecar against the bundled simulator with a generated configuration",
     )
     demo.add_argument("--port", type=int, default=8400, help="HTTP API port (default 8400; 0 = any free port)")
-    demo.add_argument("--dir", type=Path, help="where to write the demo configuration (default: a temporary folder)")
+    demo.add_argument("--dir", type=Path, help="where to write the demo configuration (default: a temporary "
+                      "folder, removed on exit)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the temporary folder (it holds generated private keys) on exit")
 
     from .sim.cli import build_parser as add_simulate_command
     add_simulate_command(commands)
@@ -78,30 +87,43 @@ def main(argv: list[str] | None = None) -> int:
         from .service import run_daemon
         return run_daemon(args.config_dir, ip=args.ip, port=args.port, debug=args.debug)
     if command == "check-config":
-        return check_config(args.config_dir)
+        return check_config(args.config_dir, strict=args.strict)
     if command == "demo":
         from .demo import run_demo
-        return run_demo(port=args.port, folder=args.dir)
+        return run_demo(port=args.port, folder=args.dir, keep=args.keep)
     handler = getattr(args, "handler", None) or getattr(args, "func", None)
     if handler is None:
         parser.error(f"unknown command {command!r}")
     return int(handler(args) or 0)
 
 
-def check_config(config_dir: str | None) -> int:
+def check_config(config_dir: str | None, *, strict: bool = False) -> int:
+    """``check-config``: what the daemon checks at start-up, every problem at
+    once (both files, plugins, credential contents), then the warnings.
+
+    Exit 0 when the daemon would start; 2 when it would refuse (or, with
+    ``strict``, when there is any warning)."""
     from .config import ConfigError, find_config_dir
-    from .service import load_all
+    from .service import check_configuration
 
     try:
-        settings, app_types, plugins = load_all(find_config_dir(config_dir))
+        settings, problems, warnings = check_configuration(find_config_dir(config_dir))
     except ConfigError as exc:
+        settings, problems, warnings = None, exc.problems, exc.warnings
+    if problems:
         print("configuration errors:", file=sys.stderr)
-        for problem in exc.problems:
+        for problem in problems:
             print(f"  {problem}", file=sys.stderr)
+    if warnings:
+        print("configuration warnings" + (" (errors with --strict):" if strict else ":"), file=sys.stderr)
+        for warning in warnings:
+            print(f"  {warning}", file=sys.stderr)
+    if problems or settings is None or (strict and warnings):
         return EXIT_CONFIG
     print(
         f"configuration OK: {settings.config_dir}: {len(settings.applications)} application(s), "
         f"store {'cassandra' if settings.cassandra.enabled else 'sqlite'}"
+        + (f", {len(warnings)} warning(s)" if warnings else "")
     )
     return EXIT_OK
 

@@ -93,6 +93,8 @@ class Settings:
     memory_budget_mb: int = 160
     cassandra: CassandraSettings = CassandraSettings()
     applications: Mapping[tuple[str, str], AppConfig] = dataclasses.field(default_factory=dict)
+    #: readable lines (file [section] option: ...) for what was ignored
+    warnings: tuple[str, ...] = ()
 
     def application(self, app_id: str, platform: str) -> AppConfig | None:
         return self.applications.get((app_id, platform))
@@ -101,12 +103,14 @@ class Settings:
 class ConfigError(Exception):
     """One or more problems in the configuration files.
 
-    ``problems`` lists readable lines: ``file [section] option: problem``.
+    ``problems`` lists readable lines: ``file [section] option: problem``;
+    ``warnings`` what was found besides (unknown names...), same form.
     """
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], warnings: list[str] | tuple[str, ...] = ()):
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.warnings = list(warnings)
 
 
 # ---------------------------------------------------------------------------
@@ -173,18 +177,35 @@ APP_OPTIONS = frozenset(
 )
 
 BUILTIN_PLATFORMS = frozenset({"apple", "firebase"})
+BUILTIN_APP_TYPES = frozenset({"sylk", "linphone"})
+
+# Options of Sylk Pushserver's applications.ini that we read and ignore:
+# ``voip`` chose Apple's push type there; here the event does.
+SYLK_IGNORED_APP_OPTIONS = frozenset({"voip"})
 
 
 def find_config_dir(explicit: str | Path | None) -> Path:
     """The config dir: the given one, else /etc/pushsidecar, else ./config."""
     if explicit:
-        return Path(explicit).expanduser().resolve()
+        path = Path(explicit).expanduser().resolve()
+        if not path.is_dir():
+            what = "is not a folder" if path.exists() else "does not exist"
+            raise ConfigError([f"config folder {path} {what} (--config-dir)"])
+        return path
     for candidate in (Path("/etc/pushsidecar"), Path("config")):
         if (candidate / "general.ini").is_file():
             return candidate.resolve()
     raise ConfigError(
         ["no general.ini found in /etc/pushsidecar or ./config; pass --config-dir DIR"]
     )
+
+
+def general_spec() -> dict[str, dict[str, str]]:
+    """GENERAL_SPEC as ``{section: {option: check}}``: the names general.ini may use."""
+    import configobj
+
+    spec = configobj.ConfigObj(GENERAL_SPEC.splitlines(), list_values=False, _inspec=True)
+    return {section: dict(spec[section]) for section in spec.sections}
 
 
 def load_settings(
@@ -197,24 +218,51 @@ def load_settings(
 
     ``pns_names`` are the platforms an application may name (built-ins plus
     plugins); ``app_type_names`` the app types (None: do not check).  Raises
-    :class:`ConfigError` listing every problem found.
+    :class:`ConfigError` listing every problem found in both files (and the
+    warnings); the returned settings carry the warnings.
     """
-    import configobj
-    import validate
+    settings, problems, warnings = read_settings(
+        config_dir, pns_names=pns_names, app_type_names=app_type_names)
+    if problems or settings is None:
+        raise ConfigError(problems, warnings)
+    return settings
+
+
+def read_settings(
+    config_dir: str | Path,
+    *,
+    pns_names: frozenset[str] | set[str] = BUILTIN_PLATFORMS,
+    app_type_names: frozenset[str] | set[str] | None = None,
+    with_applications: bool = True,
+) -> tuple[Settings | None, list[str], list[str]]:
+    """Like :func:`load_settings`, but returns ``(settings, problems, warnings)``.
+
+    ``settings`` is None only when general.ini cannot be read at all;
+    otherwise options that failed are replaced by their defaults and the
+    applications that failed are left out, so that callers (check-config)
+    can go on checking what did load.  ``with_applications=False`` reads
+    general.ini only (the token store commands need nothing else).
+    """
+    from .config_ini import IniError, read_ini
 
     config_dir = Path(config_dir).resolve()
     general_path = config_dir / "general.ini"
     problems: list[str] = []
+    warnings: list[str] = []
+    if not config_dir.is_dir():
+        return None, [f"config folder {config_dir} does not exist"], warnings
     if not general_path.is_file():
-        raise ConfigError([f"{general_path}: file not found"])
-    general = _read_ini(general_path, configspec=GENERAL_SPEC.splitlines())
-    result = general.validate(validate.Validator(), preserve_errors=True)
-    if result is not True:
-        for sections, option, error in configobj.flatten_errors(general, result):
-            where = "".join(f"[{s}]" for s in sections)
-            what = option if option is not None else "(section)"
-            problems.append(f"{general_path} {where} {what}: {error or 'missing'}")
-        raise ConfigError(problems)
+        return None, [f"{general_path}: file not found"], warnings
+    try:
+        raw = read_ini(general_path)
+    except IniError as exc:
+        return None, exc.problems, warnings
+
+    data, value_problems, value_warnings = _general_values(general_path, raw)
+    problems += value_problems
+    warnings += value_warnings
+    general, validation_problems = _validated_general(general_path, data)
+    problems += validation_problems
 
     server = general["server"]
     apps_section = general["applications"]
@@ -252,7 +300,9 @@ def load_settings(
             f"{general_path} [server] tls_certificate: file {tls_certificate} not found"
         )
     log_file = path_option("server", "log_file", config_dir, server["log_file"])
-    if server["log_to_file"] and log_file is None:
+    # Sylk logs to log_file whenever it is set; log_to_file = false turns that off.
+    log_to_file = server["log_to_file"] if "log_to_file" in data.get("server", {}) else log_file is not None
+    if log_to_file and log_file is None:
         problems.append(f"{general_path} [server] log_file: required when log_to_file is on")
 
     credentials_folder = path_option(
@@ -263,27 +313,25 @@ def load_settings(
     ) or (config_dir / "applications.ini")
 
     applications: dict[tuple[str, str], AppConfig] = {}
-    if not applications_file.is_file():
+    if not with_applications:
+        pass
+    elif not applications_file.is_file():
         problems.append(f"{general_path} [applications] config_file: file {applications_file} not found")
     else:
-        try:
-            applications = load_applications(
-                applications_file,
-                credentials_folder=credentials_folder,
-                pns_names=pns_names,
-                app_type_names=app_type_names,
-            )
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+        applications, app_problems, app_warnings = read_applications(
+            applications_file,
+            credentials_folder=credentials_folder,
+            pns_names=pns_names,
+            app_type_names=app_type_names,
+        )
+        problems.extend(app_problems)
+        warnings.extend(app_warnings)
 
     security = _security_settings(general, general_path, config_dir, path_option, problems)
-    if problems:
-        raise ConfigError(problems)
-
     cassandra = general["Cassandra"]
     zmq_section = general["zmq"]
     run_dir = path_option("zmq", "run_dir", config_dir, zmq_section["run_dir"]) or Path("/run/pushsidecar")
-    return Settings(
+    settings = Settings(
         config_dir=config_dir,
         host=server["host"],
         port=server["port"],
@@ -291,7 +339,7 @@ def load_settings(
         return_async=server["return_async"],
         allowed_hosts=tuple(allowed),
         max_body_size=server["max_body_size"],
-        log_to_file=server["log_to_file"],
+        log_to_file=log_to_file,
         log_file=log_file,
         spool_dir=path_option("server", "spool_dir", config_dir, server["spool_dir"])
         or config_dir,
@@ -315,7 +363,81 @@ def load_settings(
             debug=cassandra["debug"],
         ),
         applications=applications,
+        warnings=tuple(warnings),
     )
+    return settings, problems, warnings
+
+
+def _general_values(
+    path: Path, raw: dict[str, dict[str, str]],
+) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+    """The known options of general.ini, cleaned (lists split): ``(values, problems, warnings)``."""
+    from .config_ini import clean_value, closest, inline_comment, split_list
+
+    spec = general_spec()
+    problems: list[str] = []
+    warnings: list[str] = []
+    data: dict[str, dict[str, Any]] = {}
+    for section, options in raw.items():
+        known = spec.get(section)
+        if known is None:
+            warnings.append(_unknown(path, f"[{section}]", "section", closest(section, spec), brackets=True))
+            continue
+        values: dict[str, Any] = {}
+        for option, value in options.items():
+            if option not in known:
+                warnings.append(_unknown(path, f"[{section}] {option}", "option", closest(option, known)))
+                continue
+            comment = inline_comment(value)
+            if comment is not None:
+                problems.append(_inline_comment_problem(path, section, option, comment))
+                continue
+            is_list = known[option].startswith(("force_list", "list"))
+            values[option] = split_list(value) if is_list else clean_value(value)
+        data[section] = values
+    return data, problems, warnings
+
+
+def _validated_general(path: Path, data: dict[str, dict[str, Any]]) -> tuple[Any, list[str]]:
+    """``data`` checked and typed by GENERAL_SPEC: ``(configobj, problems)``.
+
+    An option that fails is reported and replaced by its default, so the
+    rest of the configuration can still be checked.
+    """
+    import configobj
+    import validate
+
+    general = configobj.ConfigObj(data, configspec=GENERAL_SPEC.splitlines(), interpolation=False)
+    result = general.validate(validate.Validator(), preserve_errors=True)
+    if result is True:
+        return general, []
+    problems = []
+    for sections, option, error in configobj.flatten_errors(general, result):
+        where = "".join(f"[{s}]" for s in sections)
+        what = option if option is not None else "(section)"
+        problems.append(f"{path} {where} {what}: {error or 'missing'}")
+        if option is not None:
+            section_values = general
+            for name in sections:
+                section_values = section_values[name]
+            section_values.pop(option, None)
+    general = configobj.ConfigObj(
+        {s: dict(general[s].items()) for s in general.sections},
+        configspec=GENERAL_SPEC.splitlines(), interpolation=False)
+    general.validate(validate.Validator(), preserve_errors=True)
+    return general, problems
+
+
+def _unknown(path: Path, where: str, what: str, hint: str | None, *, brackets: bool = False) -> str:
+    """The warning for an unknown section or option, with the closest known name."""
+    if hint is not None:
+        hint = f" (did you mean [{hint}]?)" if brackets else f" (did you mean {hint}?)"
+    return f"{path} {where}: unknown {what}{hint or ''}; ignored"
+
+
+def _inline_comment_problem(path: Path, section: str, option: str, comment: str) -> str:
+    return (f"{path} [{section}] {option}: the value ends in {comment!r}: inline comments are not "
+            "supported (nor by Sylk Pushserver); put the comment on a line of its own")
 
 
 def load_applications(
@@ -325,14 +447,49 @@ def load_applications(
     pns_names: frozenset[str] | set[str] = BUILTIN_PLATFORMS,
     app_type_names: frozenset[str] | set[str] | None = None,
 ) -> dict[tuple[str, str], AppConfig]:
-    """Read applications.ini: one application per section."""
+    """Read applications.ini: one application per section.  Raises ConfigError."""
+    applications, problems, warnings = read_applications(
+        path, credentials_folder=credentials_folder, pns_names=pns_names,
+        app_type_names=app_type_names)
+    if problems:
+        raise ConfigError(problems, warnings)
+    return applications
+
+
+def read_applications(
+    path: Path,
+    *,
+    credentials_folder: Path,
+    pns_names: frozenset[str] | set[str] = BUILTIN_PLATFORMS,
+    app_type_names: frozenset[str] | set[str] | None = None,
+) -> tuple[dict[tuple[str, str], AppConfig], list[str], list[str]]:
+    """Read applications.ini: ``(applications, problems, warnings)``.
+
+    A section with a problem is left out of ``applications``; the others
+    are kept, so every problem of the file is found in one pass.
+    """
+    from .config_ini import IniError, clean_value, closest, inline_comment, read_ini, split_list
     from .model import canonical_platform
 
-    ini = _read_ini(path)
     problems: list[str] = []
+    warnings: list[str] = []
     applications: dict[tuple[str, str], AppConfig] = {}
-    for section in ini.sections:
-        options = ini[section]
+    try:
+        ini = read_ini(path)
+    except IniError as exc:
+        return applications, exc.problems, warnings
+    for section, raw_options in ini.items():
+        section_problems = len(problems)
+        if not raw_options:
+            warnings.append(f"{path} [{section}]: no options set (all commented out?); section ignored")
+            continue
+        options: dict[str, str] = {}
+        for option, value in raw_options.items():
+            comment = inline_comment(value)
+            if comment is not None:
+                problems.append(_inline_comment_problem(path, section, option, comment))
+            else:
+                options[option] = clean_value(value)
 
         def problem(option: str, text: str) -> None:
             problems.append(f"{path} [{section}] {option}: {text}")
@@ -351,7 +508,12 @@ def load_applications(
                 return None
             resolved = (credentials_folder / Path(value).expanduser()).resolve()
             if not resolved.is_file():
-                problem(option, f"file {resolved} not found")
+                # Sylk's sample writes "credentials/x.json" for a path that is
+                # relative to credentials_folder already.
+                beside = (credentials_folder.parent / Path(value).expanduser()).resolve()
+                hint = (f" ({beside} exists: paths are relative to credentials_folder "
+                        f"{credentials_folder})") if beside.is_file() else ""
+                problem(option, f"file {resolved} not found{hint}")
             return resolved
 
         app_id = text("app_id")
@@ -414,9 +576,7 @@ def load_applications(
             else:
                 values["firebase_authorization_file"] = credential("firebase_authorization_file")
 
-        urls = options.get("log_remote_urls", [])
-        if isinstance(urls, str):
-            urls = [urls]
+        urls = split_list(raw_options.get("log_remote_urls", ""))
         timeout_text = text("log_remote_timeout", "2")
         try:
             timeout = float(timeout_text or 2)
@@ -425,8 +585,13 @@ def load_applications(
         except ValueError:
             problem("log_remote_timeout", f"{timeout_text!r} is not a positive number of seconds")
             timeout = 2.0
-        extra = {k: v for k, v in options.items() if k not in APP_OPTIONS}
-        if not app_id:
+        extra = {k: v for k, v in options.items()
+                 if k not in APP_OPTIONS and k not in SYLK_IGNORED_APP_OPTIONS}
+        if platform in BUILTIN_PLATFORMS and (app_type or "sylk") in BUILTIN_APP_TYPES:
+            # Plugins read their own options from ``extra``: only built-ins are checked.
+            for option in extra:
+                warnings.append(_unknown(path, f"[{section}] {option}", "option", closest(option, APP_OPTIONS)))
+        if not app_id or len(problems) > section_problems:
             continue
         app = AppConfig(
             section=section,
@@ -445,24 +610,10 @@ def load_applications(
                     f"[{applications[app.key].section}]")
             continue
         applications[app.key] = app
-    if problems:
-        raise ConfigError(problems)
-    return applications
-
-
-def _read_ini(path: Path, configspec: list[str] | None = None) -> Any:
-    import configobj
-
-    try:
-        return configobj.ConfigObj(
-            str(path), configspec=configspec, file_error=True, interpolation=False,
-            encoding="utf-8",
-        )
-    except configobj.ConfigObjError as exc:
-        details = "; ".join(str(e) for e in getattr(exc, "errors", [])) or str(exc)
-        raise ConfigError([f"{path}: cannot parse: {details}"]) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read: {exc}"]) from exc
+    if not applications and not problems:
+        warnings.append(f"{path}: no applications configured: every push will be refused "
+                        "(404 ... app is not configured)")
+    return applications, problems, warnings
 
 
 def _host_port(value: str, default_port: int) -> tuple[str, int]:

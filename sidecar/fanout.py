@@ -67,6 +67,7 @@ async def push_to_devices(
     *,
     source: str,
     ttl: float | None = None,
+    peer: str | None = None,
 ) -> list[DeviceResult]:
     """Send ``fields`` to every device in ``devices`` at once; purge dead tokens."""
     settings = runtime.settings
@@ -78,6 +79,7 @@ async def push_to_devices(
             push, app, app_type = build_push(
                 device_fields(fields, result.device), settings=settings,
                 app_types=runtime.app_types, source=source, now=now, wall_now=wall_now, ttl=ttl,
+                peer=peer,
             )
         except PushValidationError as exc:
             result.error = exc

@@ -110,6 +110,7 @@ class Push:
     #: sent to the application's sandbox URL
     sandbox: bool = False
     request_id: str = dataclasses.field(default_factory=new_request_id)
+    peer: str | None = None  # who sent it: HTTP client address, or the ZeroMQ endpoint
 
     def replace(self, **changes: Any) -> "Push":
         return dataclasses.replace(self, **changes)

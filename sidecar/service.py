@@ -12,6 +12,7 @@ give pushes in flight a few seconds to end, then cancel everything.  SIGHUP
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import signal
@@ -36,25 +37,93 @@ logger = logging.getLogger("sidecar.service")
 STOP_GRACE_SECONDS = 5.0
 
 
+class StartupError(Exception):
+    """The daemon cannot start serving (a port or endpoint in use...); one line."""
+
+
 def load_all(config_dir: Path) -> tuple[Settings, dict[str, AppType], dict[str, type[PushService]]]:
     """Load settings and plugins together, so applications can name plugin
-    platforms and app types.  Raises ConfigError."""
+    platforms and app types.  Raises ConfigError (with every problem)."""
+    settings, app_types, pns_plugins, problems, warnings = read_all(config_dir)
+    if problems or settings is None:
+        raise ConfigError(problems, warnings)
+    return settings, app_types, pns_plugins
+
+
+def read_all(config_dir: Path) -> tuple[
+    Settings | None, dict[str, AppType], dict[str, type[PushService]], list[str], list[str]
+]:
+    """Settings, app types and push-service plugins, with every problem and
+    warning found: ``(settings, app_types, pns_plugins, problems, warnings)``."""
     # Plugins live in folders named by general.ini, so read it twice: once
     # leniently to find the folders, then strictly with the plugin names.
+    from .config import read_settings
     from .plugins import PluginError
 
+    probe, problems, _ = read_settings(config_dir, pns_names=_ANY, app_type_names=None)
+    if probe is None:
+        return None, {}, {}, problems, []
     try:
-        probe = load_settings(config_dir, pns_names=_ANY, app_type_names=None)
-    except ConfigError:
-        probe = None
-    try:
-        pns_plugins = load_plugin_classes(probe.extra_pns_dir if probe else None)
-        app_types = load_app_types(probe.extra_applications_dir if probe else None)
+        pns_plugins = load_plugin_classes(probe.extra_pns_dir)
+        app_types = load_app_types(probe.extra_applications_dir)
     except PluginError as exc:
-        raise ConfigError([str(exc)]) from exc
+        return None, {}, {}, [*problems, str(exc)], []
     pns_names = {"apple", "firebase", *pns_plugins}
-    settings = load_settings(config_dir, pns_names=pns_names, app_type_names=set(app_types))
-    return settings, app_types, pns_plugins
+    settings, problems, warnings = read_settings(
+        config_dir, pns_names=pns_names, app_type_names=set(app_types))
+    return settings, app_types, pns_plugins, problems, warnings
+
+
+def credential_problems(settings: Settings, services: PushServices) -> list[str]:
+    """Build every application's push service now (keys, certificates and
+    service accounts are read and parsed): what start-up refuses, one line
+    per application.  The daemon and ``check-config`` both call this."""
+    from .pns.base import PushServiceConfigError
+
+    problems = []
+    for app in settings.applications.values():
+        try:
+            services.validate(app)
+        except PushServiceConfigError as exc:
+            problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
+    return problems
+
+
+def server_tls_problems(settings: Settings) -> list[str]:
+    """The HTTP API's certificate and key (``tls_certificate``) as the server will load them."""
+    import ssl
+
+    if settings.tls_certificate is None:
+        return []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_certificate, settings.tls_certificate)
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        return [f"{settings.config_dir / 'general.ini'} [server] tls_certificate: cannot load "
+                f"{settings.tls_certificate} as a PEM certificate and private key: {why}"]
+    return []
+
+
+def check_configuration(config_dir: Path) -> tuple[Settings | None, list[str], list[str]]:
+    """Everything the daemon checks before it serves, all at once:
+    ``(settings, problems, warnings)``.  Opens no connection, writes nothing."""
+    settings, _, pns_plugins, problems, warnings = read_all(config_dir)
+    if settings is None:
+        return None, problems, warnings
+
+    async def check_credentials() -> list[str]:
+        async with trio.open_nursery() as nursery:
+            factories = builtin_factories(debug_hpack=False, state_dir=None)
+            factories.update(pns_plugins)
+            services = PushServices(nursery, factories)
+            try:
+                return credential_problems(settings, services)
+            finally:
+                await services.aclose()
+                nursery.cancel_scope.cancel()
+
+    return settings, problems + server_tls_problems(settings) + trio.run(check_credentials), warnings
 
 
 class _AnyName(frozenset):
@@ -96,6 +165,8 @@ class Runtime:
         self._nursery = nursery
         self.started_at = time.time()
         self.proxy_ingress: Any = None  # set once the ZeroMQ socket is bound
+        #: command-line values that replace general.ini's (--ip, --port; None: not given)
+        self.overrides: dict[str, Any] = {}
 
     async def dispatch(self, push: Push, app: AppConfig, app_type: AppType) -> Outcome:
         return await self.dispatcher.dispatch(push, app, app_type)
@@ -165,13 +236,17 @@ async def run_sidecar(
     from .ingress.http import create_http_app
     from .observe import systemd
     from .observe.remote import RemoteLogger
-    from .pns.base import PushServiceConfigError
     from .store.factory import open_store
     from .store.instrumented import InstrumentedStore
 
     settings, app_types, pns_plugins = load_all(config_dir)
+    for warning in settings.warnings:
+        logger.warning("configuration: %s", warning)
     if ip is not None or port is not None:
         settings = _override(settings, ip=ip, port=port)
+    problems = server_tls_problems(settings)
+    if problems:
+        raise ConfigError(problems)
     stop_requested = trio.Event()
     raw_store = await open_store(settings)
     try:
@@ -181,12 +256,7 @@ async def run_sidecar(
                 for name, cls in pns_plugins.items():
                     factories[name] = cls
                 services = PushServices(nursery, factories)
-                problems = []
-                for app in settings.applications.values():
-                    try:
-                        services.validate(app)
-                    except PushServiceConfigError as exc:
-                        problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
+                problems = credential_problems(settings, services)
                 if problems:
                     raise ConfigError(problems)
                 metrics = Metrics()
@@ -196,6 +266,7 @@ async def run_sidecar(
                 await nursery.start(remote_logger.run)
                 runtime = Runtime(settings, app_types, services, store, nursery,
                                   listeners=[remote_logger], metrics=metrics)
+                runtime.overrides = {"host": ip, "port": port}
                 metrics.set_in_flight_function(lambda: runtime.dispatcher.in_flight)
                 metrics.add_refresh(lambda: refresh_metrics(runtime))
 
@@ -241,29 +312,34 @@ async def run_sidecar(
 
 @contextlib.contextmanager
 def _unwrap_config_error() -> Iterator[None]:
-    """Raise a ConfigError from the nursery as itself, not in an ExceptionGroup,
-    so callers (``run_daemon``: exit 2) can catch it with a plain ``except``."""
+    """Raise a ConfigError (or StartupError) from the nursery as itself, not in
+    an ExceptionGroup, so callers (``run_daemon``: exit 2, or 1) can catch it
+    with a plain ``except``."""
+    from .ingress.endpoint_guard import EndpointError
+
     try:
         yield
     except BaseExceptionGroup as group:
+        startup, rest = group.split((StartupError, EndpointError))
+        if startup is not None and rest is None:
+            raise StartupError("; ".join(str(exc) for exc in leaf_exceptions(startup))) from group
         errors, rest = group.split(ConfigError)
         if errors is None or rest is not None:
             raise
-        problems = [p for exc in _leaves(errors) for p in exc.problems]
+        problems = [p for exc in leaf_exceptions(errors) for p in exc.problems]
         raise ConfigError(problems) from group
 
 
-def _leaves(group: BaseExceptionGroup) -> Iterator[Any]:
+def leaf_exceptions(group: BaseExceptionGroup) -> Iterator[Any]:
+    """The exceptions of a (nested) group, groups flattened."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
+            yield from leaf_exceptions(exc)
         else:
             yield exc
 
 
 def _override(settings: Settings, *, ip: str | None, port: int | None) -> Settings:
-    import dataclasses
-
     changes: dict[str, Any] = {}
     if ip is not None:
         changes["host"] = ip
@@ -297,6 +373,18 @@ async def _serve_http_until_stopped(app: Any, settings: Settings, stop_requested
     if settings.tls_certificate is not None:
         config.certfile = str(settings.tls_certificate)
         config.keyfile = str(settings.tls_certificate)
+    # Bind here, where a port in use is a plain OSError (inside Hypercorn it
+    # would come out of nested nurseries), then hand the sockets over.
+    from .ingress.endpoint_guard import http_in_use_message, is_address_in_use
+
+    try:
+        sockets = config.create_sockets()
+    except OSError as exc:
+        if is_address_in_use(exc):
+            raise StartupError(http_in_use_message(settings.host, settings.port)) from exc
+        raise StartupError(f"cannot listen for HTTP on {settings.host}:{settings.port}: "
+                           f"{exc.strerror or exc}") from exc
+    config.bind = [f"fd://{sock.detach()}" for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]]
     await serve(app, config, shutdown_trigger=stop_requested.wait, task_status=task_status)
 
 
@@ -354,13 +442,48 @@ def reload_config(
         runtime.services.discard([service for _, service in built.values()])
         return reject(problems)
     current = runtime.settings
-    settings = _override(settings, ip=current.host, port=current.port)
+    overrides = runtime.overrides
+    wanted = _override(settings, ip=overrides.get("host"), port=overrides.get("port"))
+    restart = restart_needed(current, wanted, tls_file_changed=current.tls_certificate in changed_files)
+    # What is listened on stays as it is until a restart.
+    settings = dataclasses.replace(
+        wanted, host=current.host, port=current.port, tls_certificate=current.tls_certificate,
+        zmq_enabled=current.zmq_enabled, zmq_endpoint=current.zmq_endpoint, run_dir=current.run_dir)
     runtime.services.install(built)
     runtime.apply_settings(settings, app_types)
     runtime.metrics.config_reload(True)
     systemd.notify_ready()
-    logger.info("configuration reloaded (%s): %d application(s)", reason, len(settings.applications))
+    for warning in settings.warnings:
+        if warning not in current.warnings:
+            logger.warning("configuration: %s", warning)
+    if restart:
+        logger.warning("configuration reloaded (%s): %d application(s); not applied until a restart "
+                       "(systemctl restart pushsidecar): %s",
+                       reason, len(settings.applications), "; ".join(restart))
+    else:
+        logger.info("configuration reloaded (%s): %d application(s)", reason, len(settings.applications))
     return True
+
+
+def restart_needed(running: Settings, loaded: Settings, *, tls_file_changed: bool = False) -> list[str]:
+    """The changed settings that only a restart applies: what is listened on."""
+    def zmq_endpoint(settings: Settings) -> str:
+        if not settings.zmq_enabled:
+            return "off"
+        return settings.zmq_endpoint or f"ipc://{settings.run_dir}/push.sock"
+
+    changes = []
+    for label, old, new in (
+        ("[server] host", running.host, loaded.host),
+        ("[server] port", running.port, loaded.port),
+        ("[server] tls_certificate", running.tls_certificate or "(none)", loaded.tls_certificate or "(none)"),
+        ("[zmq] endpoint", zmq_endpoint(running), zmq_endpoint(loaded)),
+    ):
+        if old != new:
+            changes.append(f"{label} {old} -> {new}")
+    if tls_file_changed and running.tls_certificate == loaded.tls_certificate:
+        changes.append(f"[server] tls_certificate file {running.tls_certificate} changed")
+    return changes
 
 
 def run_daemon(config_dir: str | None, *, ip: str | None, port: int | None, debug: bool) -> int:
@@ -377,17 +500,26 @@ def run_daemon(config_dir: str | None, *, ip: str | None, port: int | None, debu
     except ConfigError as exc:
         print("configuration errors:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 2
-    log_handle = setup_logging(
-        debug=debug or settings.debug,
-        log_to_file=settings.log_to_file,
-        log_file=settings.log_file,
-        debug_hpack=settings.debug_hpack,
-    )
+    try:
+        log_handle = setup_logging(
+            debug=debug or settings.debug,
+            log_to_file=settings.log_to_file,
+            log_file=settings.log_file,
+            debug_hpack=settings.debug_hpack,
+            debug_cassandra=settings.cassandra.debug,
+        )
+    except OSError as exc:
+        print(f"cannot start: cannot open the log file {settings.log_file} ([server] log_file): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
     try:
         trio.run(lambda: run_sidecar(path, ip=ip, port=port, log_handle=log_handle))
     except ConfigError as exc:
         print("configuration errors:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 2
+    except StartupError as exc:
+        logger.error("cannot start: %s", exc)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0
@@ -414,6 +546,7 @@ async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status) -> No
             curve=curve,
             allowed_clients=lambda: (runtime.settings.zmq_curve or curve).clients,
         ))
+        proxy.endpoint = bound  # the peer= of its pushes' log lines
         task_status.started(bound)
 
 
@@ -450,6 +583,8 @@ def _watched_files(settings: Settings, config_dir: Path) -> set[Path]:
     from .pns.registry import credential_files
 
     files = {config_dir / "general.ini", settings.applications_file}
+    if settings.tls_certificate is not None:
+        files.add(settings.tls_certificate)  # a renewed certificate: say it needs a restart
     for app in settings.applications.values():
         files |= credential_files(app)
     return files

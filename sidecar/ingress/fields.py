@@ -220,6 +220,7 @@ def build_push(
     now: float,
     wall_now: float,
     ttl: float | None = None,
+    peer: str | None = None,
 ) -> tuple[Push, AppConfig, AppType]:
     """Validate ``fields`` against the configuration and build the Push.
 
@@ -234,6 +235,7 @@ def build_push(
         wall_now: UNIX time (``time.time()``).
         ttl: the push's useful life in seconds; default
           :data:`~sidecar.model.DEFAULT_TTL` of its event.
+        peer: who sent it (``host:port`` of an HTTP client, a ZeroMQ endpoint).
 
     Returns:
         (push, its application, its app type).
@@ -288,5 +290,6 @@ def build_push(
         content=checked.get("content"),
         content_type=checked.get("content-type"),
         source=source,
+        peer=peer,
     )
     return push, app, app_type

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Protocol
 import trio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -255,10 +256,20 @@ async def send_json(send: Send, status: int, body: bytes, *, close: bool = False
 # -- v1 push: the core and its fast lane ----------------------------------------------------
 
 
-async def answer_push_v1(runtime: HttpRuntime, raw: bytes) -> tuple[int, bytes]:
+def client_peer(scope: Scope) -> str | None:
+    """``host:port`` (``[v6]:port``) of the HTTP client, for the log lines."""
+    client = scope.get("client")
+    if not client:
+        return None
+    host, port = client[0], client[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def answer_push_v1(runtime: HttpRuntime, raw: bytes, peer: str | None = None) -> tuple[int, bytes]:
     """Handle one v1 push request body; return (HTTP status, JSON answer).
 
-    Validation errors become Sylk answers here; only bugs raise.
+    ``peer`` is the client (:func:`client_peer`).  Validation errors become
+    Sylk answers here; only bugs raise.
     """
     settings = runtime.settings
     try:
@@ -270,6 +281,7 @@ async def answer_push_v1(runtime: HttpRuntime, raw: bytes) -> tuple[int, bytes]:
             source="http",
             now=trio.current_time(),
             wall_now=time.time(),
+            peer=peer,
         )
     except PushValidationError as exc:
         return exc.status, sylk_json(exc.status, exc.message)
@@ -309,11 +321,43 @@ class PushFastLane:
             if not message.get("more_body", False):
                 break
         try:
-            status, body = await answer_push_v1(self.runtime, b"".join(chunks))
+            status, body = await answer_push_v1(self.runtime, b"".join(chunks), client_peer(scope))
         except Exception:
             logger.exception("POST /push failed unexpectedly")
             status, body = 500, sylk_json(500, "internal server error")
         await send_json(send, status, body)
+
+
+# -- the documentation pages ---------------------------------------------------------------
+
+#: /docs and /redoc may load only what the sidecar serves.  Their assets are
+#: ours already (fastapi-offline); this also stops ReDoc's footer from asking
+#: Redocly's CDN for its logo (the image is then left out, by ReDoc itself).
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+).encode()
+DOCS_PAGES = frozenset({"/docs", "/redoc"})
+
+
+class DocsPolicy:
+    """Adds :data:`DOCS_CSP` to the answers of the documentation pages."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in DOCS_PAGES:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"content-security-policy", DOCS_CSP)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_policy)
 
 
 # -- OpenAPI documentation models (not used for validation) --------------------------------
@@ -391,10 +435,15 @@ def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> ASGIApp:
 
     server_errors.install()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc from assets shipped in the fastapi-offline
+    # package, served by us: they work where no CDN can be reached.
+    app = FastAPIOffline(
         title="pushsidecar",
         description="Sylk Pushserver-compatible push notification API (v1 and v2).",
         version="1",
+        static_url="/docs-assets",
+        # The validator badge would call validator.swagger.io.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
 
@@ -408,7 +457,7 @@ def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> ASGIApp:
     async def push_v1(request: Request) -> Response:
         # Normally answered by PushFastLane before FastAPI; kept for the
         # OpenAPI document and for apps built without the fast lane.
-        status, body = await answer_push_v1(runtime, await request.body())
+        status, body = await answer_push_v1(runtime, await request.body(), client_peer(request.scope))
         return Response(body, status_code=status, media_type="application/json")
 
     @app.get("/metrics", summary="Prometheus metrics (text format)")
@@ -423,6 +472,9 @@ def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> ASGIApp:
     async def health() -> Response:
         return sylk_response(200, "ok", {"status": "ok"})
 
+    # Monitors and load balancers often probe with HEAD: same status, no body.
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
     app.include_router(create_v2_router(runtime))
 
     # Our three layers wrap FastAPI from the outside (not as FastAPI
@@ -430,7 +482,8 @@ def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> ASGIApp:
     # first): the access list runs first, then the body limit, then the fast
     # lane for POST /push; anything else goes on to FastAPI.  Bearer tokens,
     # when configured, are checked between the access list and the body limit.
-    inner: ASGIApp = PushFastLane(app, runtime) if fast_lane else app
+    inner: ASGIApp = DocsPolicy(app)
+    inner = PushFastLane(inner, runtime) if fast_lane else inner
     inner = BodyLimitMiddleware(inner, current_settings=lambda: runtime.settings)
     inner = BearerTokenMiddleware(inner, current_settings=lambda: runtime.settings)
     return AccessListMiddleware(inner, current_settings=lambda: runtime.settings)

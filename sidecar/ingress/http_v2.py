@@ -31,6 +31,7 @@ from .http import (
     ERROR_RESPONSES,
     HttpRuntime,
     SylkAnswer,
+    client_peer,
     json_response,
     outcome_data,
     read_json_body,
@@ -237,7 +238,8 @@ async def push_to_devices(
         what = "user" if device_id is None else "device"
         return sylk_response(404, f"Push request was not sent: {what} not found")
 
-    results = await fanout.push_to_devices(runtime, account, devices, fields, source="http-v2")
+    results = await fanout.push_to_devices(runtime, account, devices, fields, source="http-v2",
+                                           peer=client_peer(request.scope))
     data = []
     for result in results:
         device = result.device

@@ -28,6 +28,7 @@ class ProxyIngress:
         self._nursery = nursery
         self.counters = ZmqIngressCounters()
         self.rejected = 0
+        self.endpoint: str | None = None  # the bound endpoint: peer= in the log lines
 
     def handle(self, msg: WireMessage) -> None:
         ttl = remaining_ttl(msg, time.time())
@@ -59,6 +60,7 @@ class ProxyIngress:
         push, app, app_type = build_push(
             to_sylk_fields(msg), settings=runtime.settings, app_types=runtime.app_types,
             source="zmq", now=trio.current_time(), wall_now=time.time(), ttl=ttl,
+            peer=self.endpoint,
         )
         if msg.sandbox:  # a development build: APNs's sandbox (Sylk's fields have no such key)
             push = push.replace(sandbox=True)
@@ -94,7 +96,8 @@ class ProxyIngress:
                                     kind=OutcomeKind.REJECTED)
             return
         results = await push_to_devices(
-            runtime, msg.account, devices, to_sylk_fields(msg), source="zmq", ttl=ttl
+            runtime, msg.account, devices, to_sylk_fields(msg), source="zmq", ttl=ttl,
+            peer=self.endpoint,
         )
         for result in results:
             if result.error is not None:  # never dispatched: record its outcome here

@@ -40,7 +40,9 @@ handler runs in this socket's context and counts refusals in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import heapq
 import logging
 import os
@@ -51,6 +53,7 @@ import trio
 import zmq
 
 from sidecar.model import DEFAULT_TTL
+from sidecar.ingress.endpoint_guard import EndpointError, EndpointInUse, claim_ipc_path, tcp_in_use_message
 from sidecar.wire import RateLimitedLog, WireError, WireMessage, decode
 
 from .curve import CurveServerKeys, ZapHandler, apply_server_keys
@@ -252,6 +255,22 @@ async def serve_zmq(
     """
     counters = counters if counters is not None else ZmqIngressCounters()
     reader = _Reader(handler, counters, on_discard, wall_clock, RecentKeys(dedup_max), overloaded)
+    with contextlib.ExitStack() as claim:
+        try:
+            ipc_path = _prepare_ipc_path(endpoint, ipc_dir_mode)
+            if ipc_path is not None:
+                # zmq would silently take a live socket over: refuse instead.
+                claim.enter_context(claim_ipc_path(ipc_path, endpoint=endpoint))
+        except OSError as exc:
+            raise EndpointError(f"cannot use ZeroMQ endpoint {endpoint}: {exc}") from exc
+        await _serve_bound(endpoint, ipc_path, reader, task_status, rcvhwm, ipc_socket_mode, context,
+                           curve, allowed_clients)
+
+
+async def _serve_bound(endpoint: str, ipc_path: str | None, reader: _Reader,
+                       task_status: trio.TaskStatus[str], rcvhwm: int, ipc_socket_mode: int,
+                       context: zmq.Context[Any] | None, curve: CurveServerKeys | None,
+                       allowed_clients: Callable[[], frozenset[bytes]] | None) -> None:
     own_context = context is None
     ctx = zmq.Context() if context is None else context
     sock = ctx.socket(zmq.PULL)
@@ -262,14 +281,19 @@ async def serve_zmq(
             sock.setsockopt(zmq.LINGER, 0)
             if curve is not None:
                 keys = curve
-                zap = ZapHandler(allowed_clients or (lambda: keys.clients), counters)
+                zap = ZapHandler(allowed_clients or (lambda: keys.clients), reader.counters)
                 await nursery.start(zap.run, ctx)
                 apply_server_keys(sock, curve)
             elif endpoint.startswith("tcp://") and not _is_loopback(endpoint):
                 log.warning("zmq ingress: %s has no CURVE authentication: anyone who can reach it "
                             "can send pushes (set [zmq] curve_secret_key)", endpoint)
-            ipc_path = _prepare_ipc_path(endpoint, ipc_dir_mode)
-            sock.bind(endpoint)
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                if exc.errno == errno.EADDRINUSE and endpoint.startswith("tcp://"):
+                    port = endpoint.rsplit(":", 1)[-1]
+                    raise EndpointInUse(tcp_in_use_message(endpoint, int(port) if port.isdigit() else 0)) from exc
+                raise EndpointError(f"cannot bind ZeroMQ endpoint {endpoint}: {exc}") from exc
             if ipc_path is not None:
                 os.chmod(ipc_path, ipc_socket_mode)
             bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)

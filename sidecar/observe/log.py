@@ -319,6 +319,7 @@ def setup_logging(
     debug_hpack: bool,
     stream: Any = None,
     registry: SecretRegistry | None = None,
+    debug_cassandra: bool = False,
 ) -> LogHandle:
     """Configure logging for the daemon; call again (e.g. after a reload) to
     replace the previous configuration.
@@ -327,10 +328,12 @@ def setup_logging(
       debug: DEBUG level for everything but hpack; INFO otherwise.
       log_to_file: also write to ``log_file``.
       log_file: the file (its folder must exist).  Ignored unless ``log_to_file``.
-      debug_hpack: let hpack's very verbose header coding through at DEBUG
-        (its header lines are redacted like the rest).
+      debug_hpack: let the HTTP/2 libraries' very verbose detail through at
+        DEBUG (hpack, h2, hyperframe, httpcore, h11; their header lines are
+        redacted like the rest); WARNING otherwise, even with ``debug``.
       stream: where "stderr" lines go (default ``sys.stderr``; tests).
       registry: the secret registry (default: the process-wide one).
+      debug_cassandra: the Cassandra driver at DEBUG (``[Cassandra] debug``).
 
     Returns:
       The :class:`LogHandle`; call ``reopen()`` on SIGHUP.
@@ -363,11 +366,19 @@ def setup_logging(
         setattr(handler, _MARK, True)
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    # hpack logs every header it codes: only on request.
-    logging.getLogger("hpack").setLevel(logging.DEBUG if debug_hpack else logging.WARNING)
+    # HTTP/2 and HTTP/1 internals (every frame, every header coded, every
+    # state change) would bury our own debug lines: only with debug_hpack.
+    for name in PROTOCOL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug_hpack else logging.WARNING)
     # httpx logs one INFO line per request: remote logging would double our volume.
     logging.getLogger("httpx").setLevel(logging.DEBUG if debug else logging.WARNING)
+    # The Cassandra driver is chatty at DEBUG; [Cassandra] debug asks for it (as in Sylk).
+    logging.getLogger("cassandra").setLevel(logging.DEBUG if debug_cassandra else logging.INFO)
     return LogHandle(handlers, file_handler, previous_level)
+
+
+#: Libraries whose DEBUG lines are protocol detail, kept at WARNING unless debug_hpack.
+PROTOCOL_LOGGERS = ("hpack", "h2", "hyperframe", "httpcore", "h11")
 
 
 # -- per-push context --------------------------------------------------------------
@@ -488,7 +499,7 @@ def log_received(
     value, same = format_value, _repeated_value
     _emit_text(target, logging.INFO, push, (
         f"event=received call_id={value(push.call_id)} request_id={value(push.request_id)} "
-        f"source={same(source or push.source)} peer={same(peer)} app={same(push.app_id)} "
+        f"source={same(source or push.source)} peer={value(peer or push.peer)} app={same(push.app_id)} "
         f"platform={same(push.platform)} device={same(push.device_id)} "
         f"token={value(token_hint(push.token))} push_event={same(push.event.value)} "
         f"from={value(push.from_uri)} to={value(push.to_uri)}"))

@@ -171,5 +171,48 @@ tls_ca_file = {creds.ca_file}
     return folder
 
 
+def rfc8599_applications(creds: SimCredentials, port: int, *, host: str = "127.0.0.1",
+                         sandbox_port: int | None = None) -> str:
+    """applications.ini sections for phones that register with RFC 8599 parameters.
+
+    A ``pn-param`` ``<TeamID>.<bundle>[.voip&remote]`` maps to app-id
+    ``<bundle>`` (``sidecar/wire.py``), and an FCM ``pn-param`` (the project)
+    is the app-id as it is; the simulator's own sections use ``<bundle>.prod``
+    (Sylk's convention).  Three applications: the token-auth bundle as a
+    ``sylk`` app, the certificate bundle as a ``linphone`` app, and the
+    Firebase project.  ``sandbox_port``: where pushes of development builds
+    (``pn-provider=apns.dev``) go, else Apple's sandbox.
+    """
+    sandbox = f"apple_sandbox_push_url = {host}:{sandbox_port}\n" if sandbox_port else ""
+    return f"""
+[rfc8599-apple]
+app_id = {creds.token_bundle_id}
+app_type = sylk
+app_platform = apple
+apple_push_url = {host}:{port}
+{sandbox}apple_key = {creds.apns_key_file}
+key_id = {creds.key_id}
+team_id = {creds.team_id}
+tls_ca_file = {creds.ca_file}
+
+[rfc8599-linphone]
+app_id = {creds.cert_bundle_id}
+app_type = linphone
+app_platform = apple
+apple_push_url = {host}:{port}
+apple_certificate = {creds.client_cert}
+apple_key = {creds.client_key}
+tls_ca_file = {creds.ca_file}
+
+[rfc8599-fcm]
+app_id = {creds.project_id}
+app_type = sylk
+app_platform = firebase
+firebase_push_url = https://{host}:{port}/v1/projects/{creds.project_id}/messages:send
+firebase_authorization_file = {creds.service_account_file}
+tls_ca_file = {creds.ca_file}
+"""
+
+
 if __name__ == "__main__":
     sys.exit(main())

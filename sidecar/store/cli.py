@@ -162,17 +162,15 @@ def _with_settings(
     return handler
 
 
-class _AnyName(frozenset):
-    """Accepts every platform name: store commands do not care about applications."""
-
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
 def _load_settings(config_dir: str | None) -> Settings:
-    from sidecar.config import find_config_dir, load_settings
+    """general.ini only: the store commands do not need the applications (so a
+    token import can run before applications.ini is put right)."""
+    from sidecar.config import find_config_dir, read_settings
 
-    return load_settings(find_config_dir(config_dir), pns_names=_AnyName(), app_type_names=None)
+    settings, problems, warnings = read_settings(find_config_dir(config_dir), with_applications=False)
+    if problems or settings is None:
+        raise ConfigError(problems, warnings)
+    return settings
 
 
 # -- the commands -------------------------------------------------------------
@@ -237,8 +235,9 @@ def run_import_sylk_pickle(
         async with store_context(settings) as store:
             report = await import_sylk_pickle(path, store)
         print(
-            f"imported {report.devices} device(s) of {report.accounts} account(s) "
-            f"into {_describe_store(settings)}; skipped {len(report.skipped)}",
+            f"imported {report.devices}, already present {report.already_present} "
+            f"(devices of {report.accounts} account(s)) into {_describe_store(settings)}; "
+            f"skipped {len(report.skipped)}",
             file=out,
         )
         for line in report.skipped:

@@ -1,22 +1,28 @@
 """One-way import of Sylk Pushserver's local token file into a token store.
 
-Sylk kept its tokens in ``<spool_dir>/webrtc_device_tokens``, a pickle of::
+Sylk kept its tokens in ``<spool_dir>/webrtc_device_tokens``: its FileStorage
+pickles a ``collections.defaultdict`` (with no default factory) of::
 
-    {account: {"<app-id>-<device-id>": {"app_id", "platform", "token",
+    {account: {"<device-id>-<app-id>": {"app_id", "platform", "token",
                "device_id", "silent", "user_agent", "background_token"}}}
 
 Unpickling runs whatever the file says, so the file is read with an
 unpickler that may build nothing but the containers and scalars pickle makes
-without importing a name: dicts, lists, tuples, strings, numbers, booleans
-and None.  Anything else (a class instance, ``os.system`` by way of
-``__reduce__``, even ``set``) stops the import with an error naming it.
+without importing a name (dicts, lists, tuples, strings, numbers, booleans
+and None) plus exactly one class, ``collections.defaultdict``, and that only
+without a default factory (what Sylk writes).  Anything else (a class
+instance, ``os.system`` by way of ``__reduce__``, even ``set``, or a
+defaultdict whose factory is a function) stops the import with an error
+naming it.
 
-Importing again replaces the same devices (the store's key is account,
-app-id, device-id), so the import is idempotent.
+Importing again finds the devices already stored with the same values and
+leaves them alone (the store's key is account, app-id, device-id): the
+import is idempotent, and says how many were already present.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import pickle
@@ -37,13 +43,28 @@ class UnsafePickleError(ValueError):
     """The pickle asks for something other than plain data."""
 
 
+def _sylk_defaultdict(*args: Any) -> collections.defaultdict:
+    """What the pickle's ``collections.defaultdict`` name resolves to: the
+    class itself, called by REDUCE with the default factory, which must be
+    None (Sylk's ``defaultdict()``)."""
+    if args not in ((), (None,)):
+        raise UnsafePickleError(
+            f"refused collections.defaultdict with default factory {args[0]!r}: "
+            "a Sylk token file has none"
+        )
+    return collections.defaultdict()
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
-    """Builds only what needs no global: find_class refuses every name."""
+    """Builds only what needs no global, and Sylk's top-level defaultdict."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "defaultdict"):
+            return _sylk_defaultdict
         raise UnsafePickleError(
-            f"refused to load {module}.{name}: only plain dicts, lists, strings, "
-            "numbers, booleans and None are accepted in a Sylk token file"
+            f"refused to load {module}.{name}: only plain dicts (and Sylk's "
+            "collections.defaultdict), lists, strings, numbers, booleans and None "
+            "are accepted in a Sylk token file"
         )
 
     def persistent_load(self, pid: Any) -> Any:
@@ -67,11 +88,18 @@ def load_plain_pickle(data: bytes) -> Any:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ImportReport:
-    """What an import did.  ``skipped`` has one readable line per skipped entry."""
+    """What an import did.
+
+    ``devices`` were written (new, or replacing a stored device with other
+    values), ``already_present`` were stored with the same values and left
+    alone; ``accounts`` counts the accounts of both.  ``skipped`` has one
+    readable line per entry that could not be imported.
+    """
 
     accounts: int
     devices: int
     skipped: tuple[str, ...] = ()
+    already_present: int = 0
 
 
 def records_from_sylk_data(data: Any) -> tuple[list[DeviceRecord], list[str]]:
@@ -125,8 +153,12 @@ def _record(account: str, key: Any, entry: Any) -> DeviceRecord:
     app_id = text("app_id", True)
     assert app_id is not None
     device_id = text("device_id", False)
-    if device_id is None and isinstance(key, str) and key.startswith(app_id + "-"):
-        device_id = key[len(app_id) + 1 :]  # the key is "<app-id>-<device-id>"
+    if device_id is None and isinstance(key, str):
+        # Sylk's key is "<device-id>-<app-id>"; accept "<app-id>-<device-id>" too.
+        if key.endswith("-" + app_id):
+            device_id = key[: -len(app_id) - 1]
+        elif key.startswith(app_id + "-"):
+            device_id = key[len(app_id) + 1 :]
     if not device_id:
         raise ValueError("no device_id")
     platform = canonical_platform(text("platform", True) or "")
@@ -160,7 +192,16 @@ async def import_sylk_pickle(path: Path, store: TokenStore) -> ImportReport:
     raw = await trio.Path(path).read_bytes()
     data = load_plain_pickle(raw)
     records, skipped = records_from_sylk_data(data)
+    written = present = 0
+    stored: dict[str, set[DeviceRecord]] = {}
     for record in records:
+        if record.account not in stored:
+            stored[record.account] = set(await store.devices(record.account))
+        if record in stored[record.account]:
+            present += 1
+            continue
         await store.add(record)
+        written += 1
     accounts = len({record.account for record in records})
-    return ImportReport(accounts=accounts, devices=len(records), skipped=tuple(skipped))
+    return ImportReport(accounts=accounts, devices=written, skipped=tuple(skipped),
+                        already_present=present)

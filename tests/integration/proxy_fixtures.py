@@ -61,12 +61,18 @@ def require_tools() -> None:
                        capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         missing.append("python3-zmq/python3-msgpack for /usr/bin/python3")
-    if missing:
-        reason = "missing: " + ", ".join(missing)
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
-        print(f"SKIPPED Kamailio integration tests: {reason}")
-        pytest.skip(reason)
+    skip_or_fail("Kamailio", REQUIRE_ENV, missing)
+
+
+def skip_or_fail(what: str, require_env: str, missing: list[str]) -> None:
+    """With components missing: fail when ``require_env`` is 1 (CI), else skip, saying why."""
+    if not missing:
+        return
+    reason = "missing: " + ", ".join(missing)
+    if os.environ.get(require_env) == "1":
+        pytest.fail(f"{require_env}=1 but {reason}", pytrace=False)
+    print(f"SKIPPED {what} integration tests: {reason}")
+    pytest.skip(reason)
 
 
 def free_udp_port(count: int = 1) -> int:
@@ -277,12 +283,7 @@ def require_opensips(name: str) -> Path:
                        f"{OPENSIPS_VERSIONS[name]})")
     if _tool("sipp") is None:
         missing.append("sipp")
-    if missing:
-        reason = "missing: " + ", ".join(missing)
-        if os.environ.get(REQUIRE_OPENSIPS_ENV) == "1":
-            pytest.fail(f"{REQUIRE_OPENSIPS_ENV}=1 but {reason}", pytrace=False)
-        print(f"SKIPPED OpenSIPS integration tests: {reason}")
-        pytest.skip(reason)
+    skip_or_fail("OpenSIPS", REQUIRE_OPENSIPS_ENV, missing)
     assert prefix is not None
     return prefix
 

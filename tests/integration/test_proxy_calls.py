@@ -31,7 +31,7 @@ import pytest
 import trio
 
 from sidecar.model import OutcomeKind
-from sidecar.sim.cli import write_config
+from sidecar.sim.cli import rfc8599_applications, write_config
 from sidecar.sim.creds import SimCredentials
 from sidecar.sim.server import Simulator, open_simulator
 
@@ -127,44 +127,12 @@ def desktop(user: str) -> Device:
 
 def stack_config(tmp: Path, creds: SimCredentials, sim_port: int, endpoint: str,
                  sandbox_port: int | None = None) -> Path:
-    """A sidecar config on ``endpoint`` with the applications the devices above use.
-
-    RFC 8599 ``pn-param`` ``<TeamID>.<bundle>...`` maps to app-id ``<bundle>``,
-    and an FCM ``pn-param`` (the project) is the app-id as it is.
-    """
+    """A sidecar config on ``endpoint`` with the applications the devices above use."""
     config_dir = write_config(tmp / "config", creds, sim_port, sidecar_port=0)
     general = config_dir / "general.ini"
     general.write_text(general.read_text() + f"\n[zmq]\nendpoint = {endpoint}\nrun_dir = {tmp}\n")
-    sandbox = f"apple_sandbox_push_url = 127.0.0.1:{sandbox_port}\n" if sandbox_port else ""
     apps = config_dir / "applications.ini"
-    apps.write_text(apps.read_text() + f"""
-[rfc8599-apple]
-app_id = {creds.token_bundle_id}
-app_type = sylk
-app_platform = apple
-apple_push_url = 127.0.0.1:{sim_port}
-{sandbox}apple_key = {creds.apns_key_file}
-key_id = {creds.key_id}
-team_id = {creds.team_id}
-tls_ca_file = {creds.ca_file}
-
-[rfc8599-linphone]
-app_id = {creds.cert_bundle_id}
-app_type = linphone
-app_platform = apple
-apple_push_url = 127.0.0.1:{sim_port}
-apple_certificate = {creds.client_cert}
-apple_key = {creds.client_key}
-tls_ca_file = {creds.ca_file}
-
-[rfc8599-fcm]
-app_id = {creds.project_id}
-app_type = sylk
-app_platform = firebase
-firebase_push_url = https://127.0.0.1:{sim_port}/v1/projects/{creds.project_id}/messages:send
-firebase_authorization_file = {creds.service_account_file}
-tls_ca_file = {creds.ca_file}
-""")
+    apps.write_text(apps.read_text() + rfc8599_applications(creds, sim_port, sandbox_port=sandbox_port))
     return config_dir
 
 
@@ -562,11 +530,10 @@ async def test_malformed_push_parameters_are_refused_once(proxy, tmp_path) -> No
             assert logged in proxy.log()
 
 
+@pytest.mark.parametrize("proxy", ["kamailio"], indirect=True)  # OpenSIPS knows RFC 8599 only
 @bounded
 async def test_legacy_sylk_push_parameters(proxy, tmp_path, sim, sim_credentials) -> None:
     """Kamailio's script also reads the parameters older Sylk and Linphone apps send."""
-    if proxy.name != "kamailio":
-        pytest.skip("OpenSIPS's registrar knows RFC 8599 parameters only (printed reason)")
     creds = sim_credentials
     async with running_sidecar(stack_config(tmp_path, creds, sim.port, proxy.endpoint)):
         user = new_user("leg")

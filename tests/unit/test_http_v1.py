@@ -216,7 +216,16 @@ async def test_health_and_docs():
     async with client_for(FakeRuntime()) as client:
         body = assert_sylk_shape(await client.get("/health"), 200)
         assert body["data"] == {"status": "ok"}
-        assert (await client.get("/docs")).status_code == 200
+        head = await client.head("/health")
+        assert head.status_code == 200 and head.content == b""
+        docs = await client.get("/docs")
+        assert docs.status_code == 200
+        assert "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
+        assert "default-src 'self'" in docs.headers["content-security-policy"]
+        redoc = await client.get("/redoc")
+        assert "/docs-assets/redoc.standalone.js" in redoc.text and "fonts.googleapis" not in redoc.text
+        asset = await client.get("/docs-assets/swagger-ui-bundle.js")
+        assert asset.status_code == 200 and len(asset.content) > 100_000
         schema = (await client.get("/openapi.json")).json()
     push_schema = schema["paths"]["/push"]["post"]["requestBody"]["content"]["application/json"]
     assert "app-id" in push_schema["schema"]["properties"]

@@ -44,7 +44,7 @@ def test_every_method_returns_an_int_even_when_everything_breaks(script, monkeyp
         def get_pseudoVar(self, name):
             raise SystemError("msg used after the call")
 
-    for method in (handler.sidecar_ready, handler.push, handler.cancel_pushed):
+    for method in (handler.sidecar_ready, handler.push, handler.cancel_pushed, handler.cancel_one):
         assert type(method(Broken())) is int
         assert type(method(Broken(), "ini-INVITE c1 sip:b@h;pn-provider=apns 30 audio")) is int
         assert type(method(None, 12345)) is int  # nonsense argument: caught

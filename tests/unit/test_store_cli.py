@@ -108,6 +108,16 @@ def test_handler_loads_the_configuration(tmp_path, capsys):
     assert default_path(tmp_path / "spool").is_file()
 
 
+def test_store_commands_read_general_ini_only(tmp_path, capsys):
+    """A token import may run before applications.ini is put right."""
+    (tmp_path / "general.ini").write_text(f"; Sylk style\n[server]\n; port = 8400\nspool_dir = {tmp_path / 'spool'}\n")
+    (tmp_path / "applications.ini").write_text("[a]\napp_id = x\napp_platform = firebase\n"
+                                               "firebase_authorization_file = missing.json\n")
+    args = parser().parse_args(["--config-dir", str(tmp_path), "store", "list", "bob@example.com"])
+    assert args.handler(args) == EXIT_OK
+    assert "bob@example.com: 0 device(s)" in capsys.readouterr().out
+
+
 def test_handler_with_broken_configuration_exits_2(tmp_path, capsys):
     args = parser().parse_args(["--config-dir", str(tmp_path / "missing"), "store", "list", "a@b"])
     assert args.handler(args) == EXIT_USAGE
@@ -126,10 +136,12 @@ def test_import_list_remove(tmp_path):
     s = settings(tmp_path)
     pickle_file = tmp_path / "webrtc_device_tokens"
     pickle_file.write_bytes(pickle.dumps(GOOD))
-    for _ in range(2):  # idempotent
-        code, out, _ = call(run_import_sylk_pickle, s, pickle_file)
-        assert code == EXIT_OK
-        assert "imported 2 device(s) of 1 account(s)" in out
+    code, out, _ = call(run_import_sylk_pickle, s, pickle_file)
+    assert code == EXIT_OK
+    assert "imported 2, already present 0 (devices of 1 account(s))" in out
+    code, out, _ = call(run_import_sylk_pickle, s, pickle_file)  # idempotent, and says so
+    assert code == EXIT_OK
+    assert "imported 0, already present 2 (devices of 1 account(s))" in out
     assert stored(tmp_path) == [("app.1", "dev1"), ("app.2", "dev2")]
 
     code, out, _ = call(run_list, s, "alice@example.com")

@@ -104,11 +104,13 @@ async def test_plain_sylk_file_imports_with_every_pickle_protocol(tmp_path, stor
 
 async def test_importing_twice_leaves_no_duplicates_and_takes_new_values(tmp_path, store):
     path = write_pickle(tmp_path / "webrtc_device_tokens", SYLK_DATA)
-    await import_sylk_pickle(path, store)
+    first = await import_sylk_pickle(path, store)
+    assert (first.devices, first.already_present) == (3, 0)
     changed = {"alice@example.com": {"k": dict(SYLK_DATA["alice@example.com"]["com.agprojects.sylk-DEV2"], token="newer")}}
-    await import_sylk_pickle(write_pickle(tmp_path / "again", changed), store)
+    report = await import_sylk_pickle(write_pickle(tmp_path / "again", changed), store)
+    assert (report.devices, report.already_present) == (1, 0)  # new values replace the stored ones
     report = await import_sylk_pickle(path, store)
-    assert report.devices == 3
+    assert (report.devices, report.already_present) == (1, 2)  # DEV2 back to the file's token
     alice = await store.devices("alice@example.com")
     assert sorted(r.device_id for r in alice) == ["DEV1", "DEV2"]
     assert len(await store.devices("bob@example.org")) == 1
@@ -167,3 +169,71 @@ def test_wrong_shapes_are_skipped_with_reasons():
     assert any(line.startswith("dave@example.com: devices are a str") for line in skipped)
     with pytest.raises(ValueError, match="holds list"):
         records_from_sylk_data(["not", "a", "dict"])
+
+
+# -- the file as Sylk Pushserver's FileStorage writes it ------------------------------
+
+
+def sylk_file_storage_bytes() -> bytes:
+    """A token file laid out as Sylk's FileStorage writes it: a
+    ``collections.defaultdict()`` of accounts, devices keyed
+    "<device-id>-<app-id>", each the add request's fields plus the token split
+    on "#", dumped with ``_pickle.dump`` at its default protocol."""
+    import _pickle
+    import collections
+    import io
+
+    tokens = collections.defaultdict()
+
+    def add(account, app_id, platform, token, device_id, silent, user_agent):
+        voip, _, regular = token.partition("#")
+        data = {"app_id": app_id, "platform": platform, "token": voip, "device_id": device_id,
+                "silent": silent, "user_agent": user_agent, "background_token": regular or None}
+        key = f"{device_id}-{app_id}"
+        if account in tokens:
+            tokens[account][key] = data
+        else:
+            tokens[account] = {key: data}
+
+    add("alice@example.com", "com.agprojects.sylk-ios", "ios", "voipA#regularA", "dev-a1", True, "Sylk/2.9 iOS")
+    add("alice@example.com", "com.agprojects.sylk", "android", "fcmA", "dev-a2", False, None)
+    add("bob@example.org", "com.agprojects.sylk-ios", "apple", "voipB", "dev-b1", True, "None")
+    buffer = io.BytesIO()
+    _pickle.dump(tokens, buffer)
+    return buffer.getvalue()
+
+
+async def test_a_real_sylk_file_storage_pickle_imports(tmp_path, store):
+    raw = sylk_file_storage_bytes()
+    assert b"collections" in raw and b"defaultdict" in raw  # what every real file names
+    path = tmp_path / "webrtc_device_tokens"
+    path.write_bytes(raw)
+    report = await import_sylk_pickle(path, store)
+    assert (report.accounts, report.devices, report.already_present, report.skipped) == (2, 3, 0, ())
+    alice = {r.device_id: r for r in await store.devices("alice@example.com")}
+    assert alice["dev-a1"] == DeviceRecord(
+        account="alice@example.com", app_id="com.agprojects.sylk-ios", device_id="dev-a1",
+        platform="apple", device_token="voipA", background_token="regularA", silent=True,
+        user_agent="Sylk/2.9 iOS")
+    assert alice["dev-a2"].platform == "firebase" and alice["dev-a2"].silent is False
+    again = await import_sylk_pickle(path, store)
+    assert (again.devices, again.already_present) == (0, 3)
+    assert len(await store.devices("alice@example.com")) == 2
+
+
+def test_device_id_from_sylk_key_when_the_entry_lacks_it():
+    data = {"carol@example.com": {"phone-7-com.x.app": {"app_id": "com.x.app", "platform": "fcm", "token": "t"}}}
+    records, skipped = records_from_sylk_data(data)
+    assert skipped == [] and records[0].device_id == "phone-7"
+
+
+def test_defaultdict_with_a_factory_is_refused_by_name():
+    import collections
+
+    with pytest.raises(UnsafePickleError, match="refused to load builtins.list"):
+        load_plain_pickle(pickle.dumps(collections.defaultdict(list, {"a@b": {}})))
+    # Only collections.defaultdict is let through, not its neighbours.
+    with pytest.raises(UnsafePickleError, match="refused to load collections.OrderedDict"):
+        load_plain_pickle(pickle.dumps(collections.OrderedDict(a=1), protocol=2))
+    loaded = load_plain_pickle(pickle.dumps(collections.defaultdict(None, {"a@b": {}})))
+    assert isinstance(loaded, collections.defaultdict) and loaded.default_factory is None
