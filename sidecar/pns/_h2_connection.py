@@ -32,7 +32,9 @@ Failure rules (see :mod:`sidecar.pns._h2_errors`): a failed *write* does not
 close the connection at once.  The peer may have answered streams just before
 it cut the connection, and those answers sit in the kernel's receive buffer:
 the writer stops, the reader goes on until EOF, a read error or
-``read_after_write_failure`` seconds, and every answer it finds is delivered.
+``_READ_AFTER_WRITE_FAILURE`` seconds, and every answer it finds is delivered
+(under TLS, :class:`~sidecar.pns._h2_transport.SendLatch` keeps the failed
+write from breaking the TLS stream).
 Then the connection closes and each stream still pending fails according to
 what left this process: a stream whose END_STREAM was never handed to the
 socket cannot have been processed (:class:`ConnectionNotAvailable`, resent
