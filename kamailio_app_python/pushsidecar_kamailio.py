@@ -43,8 +43,10 @@ from the sidecar's own ``sidecar/wire.py``, found in this order:
 3. ``../sidecar/wire.py`` relative to this script (a source checkout);
 4. ``import sidecar.wire`` (the package installed for Debian's python3).
 
-The endpoint, queue size and wait are the config's ``PUSHSIDECAR_ENDPOINT``,
-``PUSHSIDECAR_SNDHWM`` and ``PS_WAIT_MS`` (read through ``$def``).
+The endpoint, queue size, wait and CURVE key files are the config's
+``PUSHSIDECAR_ENDPOINT``, ``PUSHSIDECAR_SNDHWM``, ``PS_WAIT_MS``,
+``PUSHSIDECAR_CURVE_SERVER_KEY`` and ``PUSHSIDECAR_CURVE_CLIENT_KEY`` (read
+through ``$def``).
 
 ``$PUSHSIDECAR_BENCH_TIMING=<path>`` (benchmarks only, see
 ``bench/bench_proxies.py``) makes ``mod_init`` time ``invite_prepare`` and
@@ -286,6 +288,8 @@ class PushSidecar:
             sender = self.sender = wire.Sender(
                 endpoint, sndhwm=_def_int("PUSHSIDECAR_SNDHWM", 10000) or None,
                 log=lambda text: KSR.warn(text + "\n"), check_pid=False, immediate=True,
+                curve_server_key=_pv("$def(PUSHSIDECAR_CURVE_SERVER_KEY)") or None,
+                curve_client_key=_pv("$def(PUSHSIDECAR_CURVE_CLIENT_KEY)") or None,
             )
             sender.connect()
         return sender

@@ -31,7 +31,8 @@ parsing come from the sidecar's ``sidecar/wire.py``, found as the Kamailio
 script finds it: ``$PUSHSIDECAR_WIRE``, ``pushsidecar_wire.py`` next to this
 file, ``../sidecar/wire.py``, or the installed ``sidecar`` package.  The
 endpoint is the config's ``$shv(ps_endpoint)`` (else ``$PUSHSIDECAR_ENDPOINT``,
-else ``ipc:///run/pushsidecar/push.sock``).
+else ``ipc:///run/pushsidecar/push.sock``); CURVE key files
+``$shv(ps_curve_server_key)`` and ``$shv(ps_curve_client_key)``.
 """
 
 import importlib.util
@@ -130,7 +131,9 @@ class PushSidecar:
             # The module gives child_init no way to read $shv(ps_endpoint): the
             # socket is made at a process's first call, which waits for it a moment.
             self.sender = wire.Sender(self._pv(msg, "$shv(ps_endpoint)"), log=_log_raw, immediate=True,
-                                      connect_wait_ms=CONNECT_WAIT_MS)
+                                      connect_wait_ms=CONNECT_WAIT_MS,
+                                      curve_server_key=self._pv(msg, "$shv(ps_curve_server_key)"),
+                                      curve_client_key=self._pv(msg, "$shv(ps_curve_client_key)"))
             self.sender.connect()
         return self.sender
 

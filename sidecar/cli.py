@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .observe.trace import add_trace_command
     add_trace_command(commands)
+
+    from .ingress.curve import add_keys_command
+    add_keys_command(commands)
     return parser
 
 

@@ -90,6 +90,10 @@ class Settings:
     zmq_endpoint: str = ""  # empty: ipc://<run_dir>/push.sock
     zmq_enabled: bool = True
     run_dir: Path = Path("/run/pushsidecar")
+    # Authentication and overload (issue 11); see _security_settings().
+    zmq_curve: Any = None  # CurveServerKeys when [zmq] curve_secret_key is set
+    bearer_tokens: tuple[tuple[str, str], ...] = ()  # (client name, token); never logged
+    memory_budget_mb: int = 160
     cassandra: CassandraSettings = CassandraSettings()
     applications: Mapping[tuple[str, str], AppConfig] = dataclasses.field(default_factory=dict)
     #: readable lines (file [section] option: ...) for what was ignored
@@ -129,6 +133,8 @@ log_file = string(default='')
 spool_dir = string(default='/var/spool/pushsidecar')
 debug = boolean(default=False)
 debug_hpack = boolean(default=False)
+bearer_tokens_file = string(default='')
+memory_budget_mb = integer(min=32, max=65536, default=160)
 workers = integer(min=0, max=64, default=1)
 http_server = option('fast', 'hypercorn', default='fast')
 
@@ -142,6 +148,8 @@ extra_pns_dir = string(default='pns')
 enabled = boolean(default=True)
 endpoint = string(default='')
 run_dir = string(default='/run/pushsidecar')
+curve_secret_key = string(default='')
+curve_clients = string(default='')
 
 [Cassandra]
 cluster_contact_points = force_list(default=list())
@@ -324,6 +332,7 @@ def read_settings(
         problems.extend(app_problems)
         warnings.extend(app_warnings)
 
+    security = _security_settings(general, general_path, config_dir, path_option, problems)
     cassandra = general["Cassandra"]
     zmq_section = general["zmq"]
     run_dir = path_option("zmq", "run_dir", config_dir, zmq_section["run_dir"]) or Path("/run/pushsidecar")
@@ -352,6 +361,7 @@ def read_settings(
         zmq_enabled=zmq_section["enabled"],
         zmq_endpoint=zmq_section["endpoint"],
         run_dir=run_dir,
+        **security,
         cassandra=CassandraSettings(
             contact_points=tuple(contact_points),
             keyspace=cassandra["keyspace"],
@@ -633,3 +643,31 @@ def _host_port(value: str, default_port: int) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{value!r}: port {port_text!r} is not a number from 1 to 65535")
     return host, int(port_text)
+
+
+def _security_settings(general: Any, general_path: Path, config_dir: Path, path_option: Any,
+                       problems: list[str]) -> dict[str, Any]:
+    """CURVE keys, bearer tokens and the memory budget (appends to ``problems``)."""
+    from .ingress.bearer import BearerTokenError, load_bearer_tokens
+    from .ingress.curve import CurveKeyError, load_server_keys
+
+    server, zmq_section = general["server"], general["zmq"]
+    result: dict[str, Any] = {"memory_budget_mb": server["memory_budget_mb"]}
+    secret = path_option("zmq", "curve_secret_key", config_dir, zmq_section["curve_secret_key"])
+    clients = path_option("zmq", "curve_clients", config_dir, zmq_section["curve_clients"])
+    if secret is not None or clients is not None:
+        if secret is None or clients is None:
+            problems.append(f"{general_path} [zmq] curve_secret_key and curve_clients: set both or neither")
+        else:
+            try:
+                result["zmq_curve"] = load_server_keys(secret, clients)
+            except CurveKeyError as exc:
+                problems.append(f"{general_path} [zmq] {exc.option}: {exc}")
+    tokens_file = path_option("server", "bearer_tokens_file", config_dir, server["bearer_tokens_file"])
+    if tokens_file is not None:
+        try:
+            result["bearer_tokens"] = load_bearer_tokens(tokens_file)
+        except BearerTokenError as exc:
+            problems.append(f"{general_path} [server] bearer_tokens_file: {exc}")
+    return result
+

@@ -3,10 +3,13 @@
 Theory of operation: the ingress hands over a validated :class:`Push` with
 its application and app type.  The app type builds the notification (pure),
 the push service makes one attempt at a time and classifies the answer, and
-this module owns everything around the attempts: the deadline (a cancel
-scope at ``push.deadline``), retries with backoff honouring Retry-After, the
-overload limit, and the single final :class:`Outcome` that is logged and
-counted.  "Nothing lost" is checkable: pushes in == outcomes out, per kind.
+this module owns everything around the attempts: the deadline (nothing is
+sent after ``push.deadline``, but an answer already on its way is awaited up
+to ANSWER_GRACE past it: a delivered push is never reported expired), retries
+with backoff honouring Retry-After, at most one resend of a push whose fate a
+cut connection left unknown, the overload limit, and the single final
+:class:`Outcome` that is logged and counted.  "Nothing lost" is checkable:
+pushes in == outcomes out, per kind.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from .model import Outcome, OutcomeKind, Push, PushValidationError
 from .observe.log import log_attempt, log_outcome, log_received
 from .observe.metrics import Metrics
 from .pns.backoff import backoff_delay
-from .pns.base import Notification, PushService, SendResult, Verdict
+from .pns.base import ANSWER_GRACE, Notification, PushService, SendResult, Verdict
 
 logger = logging.getLogger("sidecar.dispatch")
 
@@ -67,10 +70,17 @@ class Dispatcher:
         self.in_flight = 0
         self.counts: dict[OutcomeKind, int] = {kind: 0 for kind in OutcomeKind}
         self.received = 0
+        self.received_from: dict[str, int] = {}  # per push source (zmq, http...), both doors
+
+    def is_full(self, pending: int = 0) -> bool:
+        """True if new pushes would be dropped, counting ``pending`` ones handed
+        over but not started yet (the ZeroMQ reader sheds at once then)."""
+        return self.in_flight + pending >= self._max_in_flight
 
     async def dispatch(self, push: Push, app: AppConfig, app_type: AppType) -> Outcome:
         """Send ``push`` and return its one outcome.  Never raises (but Cancelled)."""
         self.received += 1
+        self.received_from[push.source] = self.received_from.get(push.source, 0) + 1
         self.metrics.push_received(push.source)
         log_received(push)
         started = trio.current_time()
@@ -97,25 +107,39 @@ class Dispatcher:
         """Record the outcome of a push that never reached :meth:`dispatch`
         (expired in a queue, duplicate...)."""
         self.received += 1
+        self.received_from[push.source] = self.received_from.get(push.source, 0) + 1
         self.metrics.push_received(push.source)
         return self._finish(push, app, None, Outcome(kind, _DROP_CODES.get(kind, 503), reason))
 
     async def _send_until_done(
         self, push: Push, app: AppConfig, notification: Notification
     ) -> Outcome:
+        """Attempts until a final answer, the deadline or a second unknown fate.
+
+        Deadlines don't lie: the deadline stops what has not been sent (the
+        HTTP/2 services get it as ``send_by`` and wait up to ANSWER_GRACE for
+        the answer of a request already on the wire).  The cancel scope here
+        is only the hard cap, ANSWER_GRACE (+1 s) after the deadline, for
+        services (plugins) that ignore it.
+        """
         attempts = 0
+        unknown_resends = 0
         last: SendResult | None = None
         if logger.isEnabledFor(logging.DEBUG):  # debug = true: what we send (secrets are redacted)
             logger.debug("event=request call_id=%s request_id=%s headers=%s body=%s",
                          push.call_id, push.request_id, json.dumps(dict(notification.headers)),
                          json.dumps(notification.payload, separators=(",", ":")))
-        with trio.move_on_at(push.deadline):
-            while True:
+        with trio.move_on_at(push.deadline + ANSWER_GRACE + 1.0):
+            while trio.current_time() < push.deadline:
                 attempts += 1
                 # Looked up per attempt: a reload may have replaced the service (new key).
                 service = self._services.service_for(app)
                 sent_at = trio.current_time()
-                last = await service.send(push, notification)
+                result = await service.send(push, notification)
+                if result.verdict is Verdict.EXPIRED:  # nothing was sent
+                    attempts -= 1
+                    break
+                last = result
                 if last.body is not None and logger.isEnabledFor(logging.DEBUG):
                     logger.debug("event=response call_id=%s request_id=%s status=%d body=%s",
                                  push.call_id, push.request_id, last.status,
@@ -127,19 +151,21 @@ class Dispatcher:
                             seconds=seconds, verdict=last.verdict.value)
                 if last.verdict is not Verdict.RETRY:
                     return _final_outcome(last, attempts)
+                if last.fate_unknown:
+                    # The connection was cut after the request left and no answer
+                    # could be read: it may have been delivered.  One resend at most.
+                    if unknown_resends >= 1:
+                        return self._gave_up(last, attempts, "fate unknown twice; not resent again")
+                    unknown_resends += 1
+                    self.metrics.resent_unknown(push.platform)
+                    logger.warning("event=resent_unknown call_id=%s request_id=%s attempt=%d reason=%s",
+                                   push.call_id, push.request_id, attempts, last.reason)
                 delay = backoff_delay(attempts, last.retry_after)
                 if trio.current_time() + delay >= push.deadline:
-                    return Outcome(
-                        OutcomeKind.FAILED,
-                        last.status or 502,
-                        f"{last.reason} (no retry: the next one would be after the deadline)",
-                        url=last.url,
-                        attempts=attempts,
-                        body=last.body,
-                    )
+                    return self._gave_up(last, attempts, "no retry: the next one would be after the deadline")
                 await trio.sleep(delay)
-        # The deadline passed.
-        if last is None:
+        # The deadline passed (or the hard cap).
+        if attempts == 0 or last is None:
             return Outcome(OutcomeKind.EXPIRED, 504, "deadline passed before it could be sent")
         return Outcome(
             OutcomeKind.FAILED if last.verdict is Verdict.RETRY else OutcomeKind.EXPIRED,
@@ -149,6 +175,11 @@ class Dispatcher:
             attempts=attempts,
             body=last.body,
         )
+
+    @staticmethod
+    def _gave_up(last: SendResult, attempts: int, why: str) -> Outcome:
+        return Outcome(OutcomeKind.FAILED, last.status or 502, f"{last.reason} ({why})",
+                       url=last.url, attempts=attempts, body=last.body)
 
     def _finish(
         self, push: Push, app: AppConfig | None, notification: Notification | None,

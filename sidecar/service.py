@@ -158,7 +158,11 @@ class Runtime:
         self.services = services
         self.store = store
         self.metrics = metrics or Metrics()
-        self.dispatcher = Dispatcher(services, listeners=listeners, metrics=self.metrics)
+        self.metrics.set_applications(settings.applications)  # label values stay bounded
+        from .budget import limits_for
+
+        self.dispatcher = Dispatcher(services, listeners=listeners, metrics=self.metrics,
+                                     max_in_flight=limits_for(settings.memory_budget_mb).in_flight)
         self._nursery = nursery
         self.started_at = time.time()
         self.proxy_ingress: Any = None  # set once the ZeroMQ socket is bound
@@ -175,6 +179,7 @@ class Runtime:
     def apply_settings(self, settings: Settings, app_types: dict[str, AppType]) -> None:
         self.settings = settings
         self.app_types = app_types
+        self.metrics.set_applications(settings.applications)
         self.services.apply(dict(settings.applications))
 
 
@@ -197,6 +202,8 @@ def refresh_metrics(runtime: Runtime) -> None:
         metrics.advance_zmq_rejected("undecodable", counters.bad)
         metrics.advance_zmq_rejected("expired", counters.expired)
         metrics.advance_zmq_rejected("duplicate", counters.duplicates)
+        metrics.advance_zmq_rejected("overloaded", counters.shed)
+        metrics.advance_zmq_rejected("unauthorised_client", counters.clients_refused)
         metrics.advance_zmq_rejected("invalid", proxy.rejected)
 
 
@@ -569,6 +576,7 @@ async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status) -> No
     """The ZeroMQ PULL socket of the proxy scripts, feeding the same dispatcher."""
     from functools import partial
 
+    from .budget import limits_for
     from .ingress.proxy import ProxyIngress
     from .ingress.zmq import serve_zmq
 
@@ -576,12 +584,31 @@ async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status) -> No
     async with trio.open_nursery() as nursery:
         proxy = ProxyIngress(runtime, nursery)
         runtime.proxy_ingress = proxy
+        curve = settings.zmq_curve
         bound = await nursery.start(partial(
             serve_zmq, endpoint, proxy.handle, counters=proxy.counters, on_discard=proxy.discard,
             ipc_dir_mode=0o750, ipc_socket_mode=0o660,
+            rcvhwm=limits_for(settings.memory_budget_mb).zmq_queue,
+            overloaded=lambda: runtime.dispatcher.is_full(_zmq_pending(runtime, proxy)),
+            curve=curve,
+            allowed_clients=lambda: (runtime.settings.zmq_curve or curve).clients,
         ))
         proxy.endpoint = bound  # the peer= of its pushes' log lines
         task_status.started(bound)
+
+
+def _zmq_pending(runtime: Runtime, proxy: Any) -> int:
+    """Messages the ZeroMQ reader handed over whose push task has not started yet.
+
+    Every message the reader lets through (or discards) reaches the
+    dispatcher once as a ``zmq`` push, through ``dispatch`` or ``drop``; the
+    difference is what is still queued as tasks, which the in-flight count
+    does not see yet.  (An account message fans out to several pushes, so
+    the estimate errs low, never high.)
+    """
+    c = proxy.counters
+    arrived = runtime.dispatcher.received_from.get("zmq", 0)
+    return max(0, c.accepted + c.expired + c.duplicates + c.shed - arrived)
 
 
 CONFIG_POLL_SECONDS = 2.0

@@ -644,6 +644,14 @@ class Sender:
         check_pid: compare the pid on every send (a system call); a caller
             that drops its sender after each fork itself (a proxy's
             ``child_init``) may turn it off for a cheaper send.
+        curve_server_key: the sidecar's public key file (``sidecar.key``
+            from ``pushsidecar keys``) for CURVE over TCP; default
+            ``$PUSHSIDECAR_CURVE_SERVER_KEY``.  Needs ``curve_client_key``.
+        curve_client_key: this proxy's ``NAME.key_secret`` (its public key
+            must be in the sidecar's ``curve_clients`` folder); default
+            ``$PUSHSIDECAR_CURVE_CLIENT_KEY``.  The keys are read when the
+            socket is made; a missing or unreadable file is logged and the
+            pushes are counted as errors (the proxy keeps running).
         immediate: queue only while the sidecar is connected (ZMQ_IMMEDIATE):
             with nothing listening a send fails at once instead of queueing
             a push that would arrive after the call is over, and
@@ -666,12 +674,16 @@ class Sender:
         log_interval: float = 10.0,
         getpid: Callable[[], int] = os.getpid,
         check_pid: bool = True,
+        curve_server_key: str | None = None,
+        curve_client_key: str | None = None,
         immediate: bool = False,
         reconnect_ms: int = 20,
         reconnect_max_ms: int = 100,
         connect_wait_ms: int = 0,
     ) -> None:
         self.endpoint = endpoint or os.environ.get("PUSHSIDECAR_ENDPOINT") or DEFAULT_ENDPOINT
+        self.curve_server_key = curve_server_key or os.environ.get("PUSHSIDECAR_CURVE_SERVER_KEY") or None
+        self.curve_client_key = curve_client_key or os.environ.get("PUSHSIDECAR_CURVE_CLIENT_KEY") or None
         if sndhwm is None:
             try:
                 sndhwm = int(os.environ.get("PUSHSIDECAR_SNDHWM", "10000"))
@@ -708,10 +720,14 @@ class Sender:
         if self._socket is not None:
             self._inherited.append((self._context, self._socket))
             self._socket = self._context = None
+        # Read first: a bad key file must not leave a context behind at each try.
+        curve = self._curve_options() if self.curve_server_key or self.curve_client_key else []
         ctx = zmq.Context(io_threads=1)
         sock = ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, self.sndhwm)
         sock.setsockopt(zmq.LINGER, 0)
+        for option, value in curve:
+            sock.setsockopt(option, value)
         if self._immediate:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, self._reconnect[0])
@@ -737,6 +753,19 @@ class Sender:
         self.sockets_created += 1
         return sock
 
+    def _curve_options(self) -> list[tuple[int, bytes]]:
+        """Socket options of a CURVE client (raises on a missing or bad key file)."""
+        import zmq
+        import zmq.auth
+
+        if not (self.curve_server_key and self.curve_client_key):
+            raise ValueError("CURVE needs both the sidecar's public key and this proxy's key_secret file")
+        server_public, _ = zmq.auth.load_certificate(self.curve_server_key)
+        public, secret = zmq.auth.load_certificate(self.curve_client_key)
+        if server_public is None or secret is None:
+            raise ValueError(f"{self.curve_client_key}: no secret key in it (use the .key_secret file)")
+        return [(zmq.CURVE_SERVERKEY, server_public), (zmq.CURVE_PUBLICKEY, public),
+                (zmq.CURVE_SECRETKEY, secret)]
     def _await_connection(self) -> None:
         """Once per new socket: give it up to ``connect_wait_ms`` to connect."""
         self._fresh = False

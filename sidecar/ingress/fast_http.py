@@ -38,6 +38,7 @@ import trio
 
 from ..config import Settings
 from .access import DENIED_BODY, ASGIApp, is_allowed
+from .bearer import OPEN_PATHS, client_of
 from .http import HttpRuntime, answer_push_v1, client_peer, sylk_json
 
 logger = logging.getLogger("sidecar.ingress.fast_http")
@@ -82,14 +83,19 @@ class _DateHeader:
 _DATE = _DateHeader()
 
 
-def json_answer(status: int, body: bytes, *, keep_alive: bool, head: bool = False) -> bytes:
-    """One complete HTTP/1.1 answer with a JSON body."""
+def json_answer(status: int, body: bytes, *, keep_alive: bool, head: bool = False,
+                extra: bytes = b"") -> bytes:
+    """One complete HTTP/1.1 answer with a JSON body (``extra``: more header lines)."""
     line = _STATUS_LINES.get(status) or _status_line(status)
     return b"".join((
         line, b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(),
-        b"\r\n", _DATE.line(), b"server: pushsidecar\r\n",
+        b"\r\n", _DATE.line(), b"server: pushsidecar\r\n", extra,
         b"" if keep_alive else b"connection: close\r\n", b"\r\n", b"" if head else body,
     ))
+
+
+_UNAUTHORIZED = (401, sylk_json(401, "a valid bearer token is required"),
+                 b'www-authenticate: Bearer realm="pushsidecar"\r\n')
 
 
 class _Request:
@@ -106,8 +112,9 @@ class _Request:
         self.method = b""
         self.keep_alive = True
         self.http_version = "1.1"
-        # (status, body) answered as soon as the headers are in, without the body.
-        self.refusal: tuple[int, bytes] | None = None
+        # (status, body[, header lines]) answered as soon as the headers are in,
+        # without the body.
+        self.refusal: tuple[Any, ...] | None = None
 
 
 class _Connection:
@@ -155,6 +162,14 @@ class _Connection:
         if networks and not is_allowed(self.client[0] if self.client else None, networks):
             request.refusal = (403, DENIED_BODY)
             return
+        # Bearer tokens (when configured) next, as BearerTokenMiddleware does for
+        # the rest: the same check, before the body is read.
+        tokens = self.settings.bearer_tokens
+        if tokens and request.url.partition(b"?")[0].decode("latin-1") not in OPEN_PATHS:
+            authorization = next((v for n, v in request.headers if n == b"authorization"), None)
+            if client_of(authorization, tokens) is None:
+                request.refusal = _UNAUTHORIZED
+                return
         for name, value in request.headers:
             if name == b"content-length":
                 try:
@@ -316,8 +331,7 @@ class FastHttpServer:
                 connection.idle = True
                 continue
             if current.refusal is not None:  # before (the rest of) its body is read
-                status, body = current.refusal
-                await _send_all(sock, json_answer(status, body, keep_alive=False))
+                await _send_all(sock, _refusal_answer(current.refusal))
                 return
             if connection.send_continue:
                 connection.send_continue = False
@@ -327,8 +341,7 @@ class FastHttpServer:
         """Answer one complete request; whether the connection stays open."""
         keep_alive = request.keep_alive and not self._stopping
         if request.refusal is not None:
-            status, body = request.refusal
-            await _send_all(sock, json_answer(status, body, keep_alive=False))
+            await _send_all(sock, _refusal_answer(request.refusal))
             return False
         url = request.url
         if request.method == b"POST" and (url == _PUSH_PATH or url.startswith(b"/push?")):
@@ -389,6 +402,11 @@ class FastHttpServer:
         if not start:
             return json_answer(500, sylk_json(500, "internal server error"), keep_alive=keep_alive)
         return _asgi_answer(start, b"".join(parts), keep_alive=keep_alive, head=method == "HEAD")
+
+
+def _refusal_answer(refusal: tuple[Any, ...]) -> bytes:
+    status, body, *extra = refusal
+    return json_answer(status, body, keep_alive=False, extra=extra[0] if extra else b"")
 
 
 def _asgi_answer(start: dict[str, Any], body: bytes, *, keep_alive: bool, head: bool) -> bytes:

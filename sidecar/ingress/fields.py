@@ -16,6 +16,7 @@ Both take and return dictionaries keyed by the hyphenated Sylk names
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from ..apps.base import AppType
@@ -50,6 +51,15 @@ STRING_FIELDS = (
     "content-type",
     "user-agent",
 )
+#: longest accepted value of a text field (characters); others: DEFAULT_MAX_LENGTH
+MAX_LENGTH = {
+    "token": 4096,  # APNs tokens are 64 hex digits, FCM ones about 160; room for '<voip>-<regular>'
+    "content": 16384,  # a message text
+    "from-display-name": 512,
+    "user-agent": 512,
+}
+DEFAULT_MAX_LENGTH = 1024
+
 BOOL_FIELDS = ("silent",)
 INT_FIELDS = ("badge",)
 
@@ -86,6 +96,7 @@ def parse_v1_fields(body: Any) -> dict[str, Any]:
             continue
         if not isinstance(value, str):
             raise PushValidationError(f"Field '{key}' must be a string", 400)
+        check_text(key, value)
         fields[key] = value
     for key in BOOL_FIELDS:
         value = body.get(key)
@@ -96,6 +107,46 @@ def parse_v1_fields(body: Any) -> dict[str, Any]:
         if value is not None:
             fields[key] = coerce_int(key, value)
     return fields
+
+
+def check_text(key: str, value: str) -> str:
+    """Refuse a text field that is too long or not valid Unicode; return it.
+
+    Lone UTF-16 surrogates (``"\\ud800"`` in JSON) decode to a Python str
+    that cannot be encoded: it would break the log line of the push, the
+    payload sent to the push service and the token store.  NUL and other C0
+    controls but tab are refused too (they end strings in C and split logs);
+    ``content`` (a message's text) may also hold CR and LF.
+
+    Raises:
+        PushValidationError: 400 naming the field.
+    """
+    limit = MAX_LENGTH.get(key, DEFAULT_MAX_LENGTH)
+    if len(value) > limit:
+        raise PushValidationError(f"Field '{key}' is longer than {limit} characters", 400)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PushValidationError(
+                f"Field '{key}' is not valid Unicode (lone surrogate)", 400) from None
+    if not value.isprintable() and (_TEXT_CONTROL if key in MULTILINE_FIELDS else _CONTROL).search(value):
+        raise PushValidationError(f"Field '{key}' contains a control character", 400)
+    return value
+
+
+#: free text that may hold line breaks (a message's text); other fields are one line
+MULTILINE_FIELDS = frozenset({"content"})
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def check_fields_text(fields: Mapping[str, Any]) -> None:
+    """:func:`check_text` on every str value of ``fields`` (what an ingress
+    that skips :func:`parse_v1_fields`, such as ZeroMQ, hands over)."""
+    for key, value in fields.items():
+        if value.__class__ is str:
+            check_text(key, value)
 
 
 def coerce_bool(key: str, value: Any) -> bool:
@@ -195,6 +246,7 @@ def build_push(
     for key in REQUIRED_FIELDS:
         if fields.get(key) is None:
             raise PushValidationError(f"Field '{key}' required", 400)
+    check_fields_text(fields)  # again for ZeroMQ, which skips parse_v1_fields (cheap)
     platform, app, app_type = resolve_application(fields, settings, app_types)
     checked = app_type.check_request(fields)
 

@@ -41,6 +41,7 @@ from ..config import AppConfig, Settings
 from ..model import Outcome, Push, PushValidationError
 from ..store.base import StoreUnavailable, TokenStore
 from .access import AccessListMiddleware, ASGIApp, Message, Receive, Scope, Send
+from .bearer import BearerTokenMiddleware
 from .fields import build_push, parse_v1_fields
 
 logger = logging.getLogger("sidecar.ingress.http")
@@ -429,7 +430,10 @@ def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> ASGIApp:
           than through FastAPI (same answers, about half the cost).
     """
     # Imported here: http_v2 uses this module's helpers.
+    from . import server_errors
     from .http_v2 import create_v2_router
+
+    server_errors.install()
 
     # /docs (Swagger UI) and /redoc from assets shipped in the fastapi-offline
     # package, served by us: they work where no CDN can be reached.
@@ -476,10 +480,12 @@ def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> ASGIApp:
     # Our three layers wrap FastAPI from the outside (not as FastAPI
     # middleware, which would run Starlette's error and telemetry layers
     # first): the access list runs first, then the body limit, then the fast
-    # lane for POST /push; anything else goes on to FastAPI.
+    # lane for POST /push; anything else goes on to FastAPI.  Bearer tokens,
+    # when configured, are checked between the access list and the body limit.
     inner: ASGIApp = DocsPolicy(app)
     inner = PushFastLane(inner, runtime) if fast_lane else inner
     inner = BodyLimitMiddleware(inner, current_settings=lambda: runtime.settings)
+    inner = BearerTokenMiddleware(inner, current_settings=lambda: runtime.settings)
     return AccessListMiddleware(inner, current_settings=lambda: runtime.settings)
 
 

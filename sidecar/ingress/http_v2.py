@@ -16,6 +16,7 @@ shape.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from fastapi import APIRouter, Request
@@ -25,7 +26,7 @@ from starlette.responses import Response
 from .. import fanout
 from ..model import PushValidationError, canonical_platform
 from ..store.base import DeviceRecord
-from .fields import parse_v1_fields, resolve_application
+from .fields import check_text, parse_v1_fields, resolve_application
 from .http import (
     ERROR_RESPONSES,
     HttpRuntime,
@@ -67,11 +68,31 @@ def split_apple_token(token: str) -> tuple[str, str | None]:
     return token, None
 
 
+# RFC 3261 section 25.1: user = 1*( unreserved / escaped / user-unreserved ),
+# host = hostname / IPv4address / IPv6reference (no port in an account).
+_SIP_USER = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+")
+_SIP_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+ACCOUNT_MAX_LENGTH = 512
+
+
 def check_account(account: str) -> str:
-    if "@" not in account:
+    """``user@domain`` with both parts present, in RFC 3261's characters.
+
+    Raises:
+        PushValidationError: 400 naming what is wrong.
+    """
+    check_text("account", account)
+    if len(account) > ACCOUNT_MAX_LENGTH:
+        raise PushValidationError(f"Invalid account: longer than {ACCOUNT_MAX_LENGTH} characters", 400)
+    user, at, domain = account.rpartition("@")
+    shown = account if account.isprintable() else repr(account)
+    if not at or not user or not domain:
+        raise PushValidationError(f"Invalid account '{shown}': expected user@domain", 400)
+    if not _SIP_USER.fullmatch(user):
         raise PushValidationError(
-            f"Invalid account '{account}': expected user@domain", 400
-        )
+            f"Invalid account '{shown}': the user part has characters a SIP URI does not allow", 400)
+    if not _SIP_HOST.fullmatch(domain):
+        raise PushValidationError(f"Invalid account '{shown}': the domain is not a host name or address", 400)
     return account
 
 
@@ -197,6 +218,7 @@ def create_v2_router(runtime: HttpRuntime) -> APIRouter:
 
     @router.post("/{account}/push/{device}", **push_doc)
     async def push_device(account: str, device: str, request: Request) -> Response:
+        check_text("device-id", device)
         return await push_to_devices(runtime, account, normalize_device_id(device), request)
 
     return router

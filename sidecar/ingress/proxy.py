@@ -49,10 +49,15 @@ class ProxyIngress:
         """A message the reader will not deliver: record its one outcome."""
         kind = OutcomeKind.EXPIRED if why == "expired" else OutcomeKind.DROPPED
         reason = "older than its time to live" if why == "expired" else f"{why} message"
-        try:
-            push, app, _ = self._build(msg, 0.0)
-        except PushValidationError:
+        if why == "overloaded":
+            # Shedding must cost less than delivering: no application lookup,
+            # the push as the proxy sent it (still logged and counted).
             push, app = self._placeholder(msg), None
+        else:
+            try:
+                push, app, _ = self._build(msg, 0.0)
+            except PushValidationError:
+                push, app = self._placeholder(msg), None
         self._runtime.dispatcher.drop(push, app, reason, kind=kind)
 
     def _build(self, msg: WireMessage, ttl: float):

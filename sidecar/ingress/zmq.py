@@ -4,9 +4,13 @@ Theory of operation.  The proxies' workers PUSH one msgpack frame per push
 (see :mod:`sidecar.wire`); here one trio task owns a PULL socket bound to the
 endpoint and turns each frame into exactly one of these ends, each counted in
 :class:`ZmqIngressCounters` so that ``frames == accepted + bad + expired +
-duplicates + handler_errors`` always holds:
+duplicates + shed + handler_errors`` always holds:
 
 * ``bad``: the frame does not decode (logged, rate-limited; never fatal);
+* ``shed``: the dispatcher is full (``overloaded()`` is true): the message is
+  given to ``on_discard(msg, "overloaded")`` at once, without a task, so the
+  reader keeps draining the socket faster than messages arrive and never
+  falls behind their time to live;
 * ``expired``: ``sent-at + ttl`` has passed (the proxy queued it while we were
   down, and a call push that late only rings a phone for a call that is over);
 * ``duplicates``: the same (call-id, event, token or account) was already
@@ -15,7 +19,7 @@ duplicates + handler_errors`` always holds:
   block (the service starts a task per push in a bounded nursery);
 * ``handler_errors``: the handler raised (a bug; logged).
 
-Expired messages and duplicates are also given to the optional
+Expired, shed and duplicate messages are also given to the optional
 ``on_discard(msg, reason)`` callback, so the service can log or count them as
 ``expired``/``dropped`` outcomes of their call-id.
 
@@ -26,6 +30,12 @@ before parking again (the edge may have fired while we were draining), let a
 single task wait on the fd, yield every ``_FAIRNESS_BATCH`` messages so a flood
 cannot starve the rest of the process, and call ``notify_closing`` before
 closing the socket.
+
+Authentication: ``ipc://`` endpoints rely on file permissions (the socket
+file and its folder); over TCP, pass ``curve`` (see :mod:`.curve`) and only
+clients whose public key is on the allow-list get a connection; the ZAP
+handler runs in this socket's context and counts refusals in
+``counters.clients_refused``.
 """
 
 from __future__ import annotations
@@ -46,6 +56,8 @@ from sidecar.model import DEFAULT_TTL
 from sidecar.ingress.endpoint_guard import EndpointError, EndpointInUse, claim_ipc_path, tcp_in_use_message
 from sidecar.wire import RateLimitedLog, WireError, WireMessage, decode
 
+from .curve import CurveServerKeys, ZapHandler, apply_server_keys
+
 log = logging.getLogger(__name__)
 
 _FAIRNESS_BATCH = 1000
@@ -64,7 +76,9 @@ class ZmqIngressCounters:
     bad: int = 0
     expired: int = 0
     duplicates: int = 0
+    shed: int = 0
     handler_errors: int = 0
+    clients_refused: int = 0  # CURVE handshakes refused by the allow-list (no frames)
 
     def snapshot(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -137,8 +151,9 @@ class _Reader:
 
     def __init__(self, handler: Handler, counters: ZmqIngressCounters,
                  on_discard: DiscardCallback | None, wall_clock: Callable[[], float],
-                 recent: RecentKeys) -> None:  # fmt: skip
+                 recent: RecentKeys, overloaded: Callable[[], bool] | None = None) -> None:  # fmt: skip
         self.handler = handler
+        self.overloaded = overloaded
         self.counters = counters
         self.on_discard = on_discard
         self.wall_clock = wall_clock
@@ -146,6 +161,7 @@ class _Reader:
         self.warn_bad = RateLimitedLog(log.warning)
         self.warn_expired = RateLimitedLog(log.info)
         self.warn_handler = RateLimitedLog(log.error)
+        self.warn_shed = RateLimitedLog(log.warning)
 
     def _discard(self, msg: WireMessage, reason: str) -> None:
         if self.on_discard is not None:
@@ -180,6 +196,11 @@ class _Reader:
             log.debug("zmq ingress: duplicate %s push for call-id %s dropped", msg.event, msg.call_id)
             self._discard(msg, "duplicate")
             return
+        if self.overloaded is not None and self.overloaded():
+            counters.shed += 1
+            self.warn_shed(f"zmq ingress: dispatcher full, pushes dropped at once ({counters.shed} so far)")
+            self._discard(msg, "overloaded")
+            return
         try:
             self.handler(msg)
         except Exception as exc:
@@ -202,6 +223,9 @@ async def serve_zmq(
     ipc_dir_mode: int = 0o700,
     ipc_socket_mode: int = 0o600,
     context: zmq.Context[Any] | None = None,
+    overloaded: Callable[[], bool] | None = None,
+    curve: CurveServerKeys | None = None,
+    allowed_clients: Callable[[], frozenset[bytes]] | None = None,
 ) -> None:
     """Receive pushes on a PULL socket bound to ``endpoint`` until cancelled.
 
@@ -217,14 +241,20 @@ async def serve_zmq(
         handler: called as ``handler(msg)`` for each valid, fresh, new message;
             must not block or await anything (hand the message to a task).
         counters: updated in place; pass one to read the figures.
-        on_discard: optional ``on_discard(msg, "expired" | "duplicate")``.
+        on_discard: optional ``on_discard(msg, "expired" | "duplicate" | "overloaded")``.
+        overloaded: optional; while it returns True, messages are shed
+            (given to ``on_discard``) instead of handed to ``handler``.
+        allowed_clients: the CURVE allow-list in force (read per handshake,
+            so a reload applies); default ``curve.clients``.
+        curve: the CURVE key pair and allow-list (see :mod:`.curve`); None:
+            no authentication (ipc:// with file permissions, loopback).
         wall_clock: UNIX time source (compared with the proxy's ``sent-at``).
         dedup_max: most (call-id, event, target) keys remembered.
         rcvhwm: frames ZeroMQ may queue before the senders start dropping.
         context: a ZeroMQ context (default: a private one, closed at the end).
     """
     counters = counters if counters is not None else ZmqIngressCounters()
-    reader = _Reader(handler, counters, on_discard, wall_clock, RecentKeys(dedup_max))
+    reader = _Reader(handler, counters, on_discard, wall_clock, RecentKeys(dedup_max), overloaded)
     with contextlib.ExitStack() as claim:
         try:
             ipc_path = _prepare_ipc_path(endpoint, ipc_dir_mode)
@@ -233,39 +263,55 @@ async def serve_zmq(
                 claim.enter_context(claim_ipc_path(ipc_path, endpoint=endpoint))
         except OSError as exc:
             raise EndpointError(f"cannot use ZeroMQ endpoint {endpoint}: {exc}") from exc
-        await _serve_bound(endpoint, ipc_path, reader, task_status, rcvhwm, ipc_socket_mode, context)
+        await _serve_bound(endpoint, ipc_path, reader, task_status, rcvhwm, ipc_socket_mode, context,
+                           curve, allowed_clients)
 
 
 async def _serve_bound(endpoint: str, ipc_path: str | None, reader: _Reader,
                        task_status: trio.TaskStatus[str], rcvhwm: int, ipc_socket_mode: int,
-                       context: zmq.Context[Any] | None) -> None:
+                       context: zmq.Context[Any] | None, curve: CurveServerKeys | None,
+                       allowed_clients: Callable[[], frozenset[bytes]] | None) -> None:
     own_context = context is None
     ctx = zmq.Context() if context is None else context
     sock = ctx.socket(zmq.PULL)
     fd = None
     try:
-        sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            if exc.errno == errno.EADDRINUSE and endpoint.startswith("tcp://"):
-                port = endpoint.rsplit(":", 1)[-1]
-                raise EndpointInUse(tcp_in_use_message(endpoint, int(port) if port.isdigit() else 0)) from exc
-            raise EndpointError(f"cannot bind ZeroMQ endpoint {endpoint}: {exc}") from exc
-        if ipc_path is not None:
-            os.chmod(ipc_path, ipc_socket_mode)
-        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        fd = sock.getsockopt(zmq.FD)
-        log.info("zmq ingress: listening on %s", bound)
-        task_status.started(bound)
-        await _read_loop(sock, fd, reader.frame)
+        async with trio.open_nursery() as nursery:
+            sock.setsockopt(zmq.RCVHWM, rcvhwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            if curve is not None:
+                keys = curve
+                zap = ZapHandler(allowed_clients or (lambda: keys.clients), reader.counters)
+                await nursery.start(zap.run, ctx)
+                apply_server_keys(sock, curve)
+            elif endpoint.startswith("tcp://") and not _is_loopback(endpoint):
+                log.warning("zmq ingress: %s has no CURVE authentication: anyone who can reach it "
+                            "can send pushes (set [zmq] curve_secret_key)", endpoint)
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                if exc.errno == errno.EADDRINUSE and endpoint.startswith("tcp://"):
+                    port = endpoint.rsplit(":", 1)[-1]
+                    raise EndpointInUse(tcp_in_use_message(endpoint, int(port) if port.isdigit() else 0)) from exc
+                raise EndpointError(f"cannot bind ZeroMQ endpoint {endpoint}: {exc}") from exc
+            if ipc_path is not None:
+                os.chmod(ipc_path, ipc_socket_mode)
+            bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            fd = sock.getsockopt(zmq.FD)
+            log.info("zmq ingress: listening on %s%s", bound, " (CURVE)" if curve is not None else "")
+            task_status.started(bound)
+            await _read_loop(sock, fd, reader.frame)
     finally:
         if fd is not None:
             trio.lowlevel.notify_closing(fd)
         sock.close(linger=0)
         if own_context:
             ctx.term()
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 async def _read_loop(sock: zmq.Socket[Any], fd: int, on_frame: Callable[[bytes], None]) -> None:

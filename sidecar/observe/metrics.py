@@ -14,13 +14,16 @@ once ``pushsidecar_pushes_in_flight`` is 0.
 
 Label values are bounded: ingress names, configured applications, outcome
 kinds, push service names, store operations.  Never label by token,
-call-id or account.
+call-id or account.  The app and platform of a push come from its sender,
+so they are used as labels only when they name a configured application
+(:meth:`Metrics.set_applications`, called at start-up and on each reload);
+anything else is counted as ``unknown``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -28,6 +31,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from ..model import Outcome, OutcomeKind, Push
 
 NAMESPACE = "pushsidecar"
+#: the label value of anything not configured (bounded cardinality)
+UNKNOWN = "unknown"
 
 # Push services answer in tens of milliseconds; a push may wait up to its
 # deadline (about 45 s) when retried.
@@ -89,6 +94,9 @@ class Metrics:
             ("platform", "status")))
         self._retries = _Children(counter(
             "retries", "Attempts that were retries of an earlier failed one.", ("platform",)))
+        self._resent_unknown = _Children(counter(
+            "resent_unknown", "Pushes resent once because a cut connection left their fate "
+            "unknown (each may be a duplicate).", ("platform",)))
         self._in_flight = gauge("pushes_in_flight", "Pushes received and not yet finished.")
         self._queue_depth = _Children(gauge(
             "queue_depth", "Items waiting in an internal queue.", ("queue",)))
@@ -120,10 +128,28 @@ class Metrics:
 
         # Called at each scrape, before rendering: they bring counters kept
         # elsewhere (connections, token renewals, ZeroMQ rejects) up to date.
+        self._applications: frozenset[tuple[str, str]] | None = None  # None: not restricted
+        self._platforms: frozenset[str] = frozenset()
         self._refreshers: list[Callable[[], None]] = []
         self._totals_seen: dict[Hashable, float] = {}
 
     # -- pushes ------------------------------------------------------------------
+
+    def set_applications(self, applications: Iterable[tuple[str, str]]) -> None:
+        """The configured (app-id, platform) pairs: the only app and platform label values."""
+        self._applications = frozenset(applications)
+        self._platforms = frozenset(platform for _, platform in self._applications)
+
+    def _app_labels(self, app_id: str, platform: str) -> tuple[str, str]:
+        known = self._applications
+        if known is None or (app_id, platform) in known:
+            return app_id, platform
+        return UNKNOWN, platform if platform in self._platforms else UNKNOWN
+
+    def _platform_label(self, platform: str) -> str:
+        if self._applications is None or platform in self._platforms:
+            return platform
+        return UNKNOWN
 
     def push_received(self, source: str) -> None:
         self._received.get(source).inc()
@@ -131,19 +157,24 @@ class Metrics:
     def outcome(self, app_id: str, platform: str, kind: OutcomeKind | str, seconds: float | None = None) -> None:
         """Count one final outcome; ``seconds`` since the push arrived, if known."""
         kind_value = kind.value if isinstance(kind, OutcomeKind) else kind
+        app_id, platform = self._app_labels(app_id, platform)
         self._outcomes.get(app_id, platform, kind_value).inc()
         if seconds is not None:
             self._push_seconds.get(platform, kind_value).observe(seconds)
 
     def attempt(self, platform: str, status: int, seconds: float, *, retry: bool = False) -> None:
         """One attempt at a push service: its answer's status (0: none) and duration."""
+        platform = self._platform_label(platform)
         self._attempts.get(platform, str(status)).inc()
         self._send_seconds.get(platform).observe(seconds)
         if retry:
             self._retries.get(platform).inc()
 
+    def resent_unknown(self, platform: str) -> None:
+        self._resent_unknown.get(self._platform_label(platform)).inc()
+
     def retry(self, platform: str) -> None:
-        self._retries.get(platform).inc()
+        self._retries.get(self._platform_label(platform)).inc()
 
     def in_flight_inc(self) -> None:
         self._in_flight.inc()

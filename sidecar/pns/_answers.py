@@ -5,7 +5,15 @@ from __future__ import annotations
 import email.utils
 
 from .base import SendResult, Verdict
-from .http2 import Http2Error, InvalidRequest, NoResponseAfterGoaway
+from .http2 import (
+    ConnectionLost,
+    Http2Error,
+    InvalidRequest,
+    NoAnswerInTime,
+    NoResponseAfterGoaway,
+    NotSentInTime,
+    RemoteProtocolError,
+)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -34,4 +42,8 @@ def failure_result(exc: Http2Error, url: str) -> SendResult:
         return SendResult(Verdict.REJECTED, 0, f"NoResponseAfterGoaway: {exc}", url)
     if isinstance(exc, InvalidRequest):
         return SendResult(Verdict.REJECTED, 0, f"InvalidRequest: {exc}", url)
-    return SendResult(Verdict.RETRY, 0, f"{type(exc).__name__}: {exc}", url)
+    if isinstance(exc, NotSentInTime):
+        return SendResult(Verdict.EXPIRED, 0, f"NotSentInTime: {exc}", url)
+    # Sent, and no answer could be read: maybe delivered.
+    unknown = isinstance(exc, (ConnectionLost, RemoteProtocolError, NoAnswerInTime))
+    return SendResult(Verdict.RETRY, 0, f"{type(exc).__name__}: {exc}", url, fate_unknown=unknown)

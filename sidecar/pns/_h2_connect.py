@@ -9,6 +9,7 @@ import trio
 
 from ._h2_connection import Http2Connection
 from ._h2_errors import ConnectError
+from ._h2_transport import SendLatch
 
 
 async def open_http2_connection(
@@ -43,12 +44,14 @@ async def open_http2_connection(
     try:
         with trio.fail_after(connect_timeout):
             tcp = await trio.open_tcp_stream(host, port)
-            tls_stream = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
+            # Under TLS: a failed write must not make the answers already received unreadable.
+            latch = SendLatch(tcp, write_timeout=options.get("write_timeout", 30.0))
+            tls_stream = trio.SSLStream(latch, ssl_context, server_hostname=host, https_compatible=True)
             await tls_stream.do_handshake()
             alpn = tls_stream.selected_alpn_protocol()
             if alpn != "h2":
                 raise ConnectError(f"{authority}: server selected ALPN {alpn!r}, not 'h2'")
-            connection = Http2Connection(tls_stream, authority=authority, **options)
+            connection = Http2Connection(tls_stream, authority=authority, send_latch=latch, **options)
             await connection.start(nursery)
             await connection.wait_remote_settings()
             return connection

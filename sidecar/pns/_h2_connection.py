@@ -28,8 +28,20 @@ cancellation), its ``finally`` releases the slot and, when h2 still considers
 the stream open, queues RST_STREAM(CANCEL).  That is synchronous (no await),
 so it cannot be interrupted and needs no shield; the writer sends it.
 
-Failure rules (see :mod:`sidecar.pns._h2_errors`): the first transport error
-closes the connection and fails every pending stream with it.  A GOAWAY fails
+Failure rules (see :mod:`sidecar.pns._h2_errors`): a failed *write* does not
+close the connection at once.  The peer may have answered streams just before
+it cut the connection, and those answers sit in the kernel's receive buffer:
+the writer stops, the reader goes on until EOF, a read error or
+``_READ_AFTER_WRITE_FAILURE`` seconds, and every answer it finds is delivered
+(under TLS, :class:`~sidecar.pns._h2_transport.SendLatch` keeps the failed
+write from breaking the TLS stream).
+Then the connection closes and each stream still pending fails according to
+what left this process: a stream whose END_STREAM was never handed to the
+socket cannot have been processed (:class:`ConnectionNotAvailable`, resent
+transparently); one that was handed to it has an unknown fate
+(:class:`ConnectionLost`; the dispatcher may resend it once).  Every other
+transport error (read error, EOF, PING timeout) closes at once with the same
+split.  A GOAWAY fails
 streams above ``last_stream_id`` at once as never processed (resendable).  The
 server still owes the answers of the streams at or below it (RFC 9113 section
 6.8), so the connection stops taking new streams, keeps reading, delivers
@@ -60,7 +72,9 @@ from ._h2_errors import (
     ConnectionNotAvailable,
     Http2Error,
     InvalidRequest,
+    NoAnswerInTime,
     NoResponseAfterGoaway,
+    NotSentInTime,
     RemoteProtocolError,
     Response,
     StreamRefused,
@@ -76,6 +90,10 @@ _RECEIVE_SIZE = 65536
 # error bodies in flight at once should never stall the connection.
 _CONNECTION_WINDOW = 16 * 1024 * 1024
 _CLOSE_GRACE = 1.0  # seconds we give our GOAWAY to leave on aclose()
+# After a write failed: how long the reader may still collect answers the
+# kernel has buffered (they are there at once; this only bounds a peer that
+# stopped reading but still sends).
+_READ_AFTER_WRITE_FAILURE = 1.0
 _METHODS = {"POST": b"POST", "GET": b"GET"}
 
 class ConnectionState(enum.Enum):
@@ -87,7 +105,7 @@ class ConnectionState(enum.Enum):
 class _Stream:
     """What one request knows about its stream."""
 
-    __slots__ = ("stream_id", "headers", "chunks", "done", "error", "local_ended", "body", "sent")
+    __slots__ = ("stream_id", "headers", "chunks", "done", "error", "local_ended", "body", "sent", "end_seq")
 
     def __init__(self, stream_id: int):
         self.stream_id = stream_id
@@ -98,6 +116,7 @@ class _Stream:
         self.local_ended = False  # END_STREAM queued by us
         self.body = b""  # while waiting for flow-control window: the whole body
         self.sent = 0  # bytes of ``body`` already queued
+        self.end_seq = 0  # order in which END_STREAM was queued (0: not yet)
 
 
 class Http2Connection:
@@ -117,6 +136,11 @@ class Http2Connection:
         ping_timeout: seconds to wait for the PING ack before giving up.
         write_timeout: seconds one ``send_all`` may block before the
             connection counts as dead (the peer stopped reading).
+        answer_grace: seconds past a request's ``send_by`` deadline that its
+            answer is still awaited once it was sent.
+        send_latch: the :class:`~sidecar.pns._h2_transport.SendLatch` under a
+            TLS stream, if any: it records a failed write instead of letting
+            it break the TLS stream, so buffered answers can still be read.
         name: a label for log lines.
     """
 
@@ -129,6 +153,8 @@ class Http2Connection:
         ping_interval: float = 60.0,
         ping_timeout: float = 10.0,
         write_timeout: float = 30.0,
+        answer_grace: float = 5.0,
+        send_latch: Any = None,
         name: str = "",
     ):
         self._stream = stream
@@ -152,6 +178,14 @@ class Http2Connection:
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._write_timeout = write_timeout
+        self._answer_grace = answer_grace
+        self._send_latch = send_latch
+        # END_STREAMs queued so far, and how many of them data_to_send() handed
+        # to the socket: a stream whose end_seq is above _handed_seq never left.
+        self._end_seq = 0
+        self._handed_seq = 0
+        self._write_error: BaseException | None = None
+        self._reader_scope = trio.CancelScope()
         self._last_received = -math.inf
         self._cancel_scope = trio.CancelScope()
         self._finished = trio.Event()
@@ -245,7 +279,8 @@ class Http2Connection:
     # ---- requests ---------------------------------------------------------
 
     async def request(
-        self, method: str, path: str, headers: list[Header], body: bytes = b""
+        self, method: str, path: str, headers: list[Header], body: bytes = b"", *,
+        send_by: float = math.inf,
     ) -> Response:
         """Send one request and wait for its complete response.
 
@@ -253,24 +288,45 @@ class Http2Connection:
         normalized); the pseudo-headers are added here.  Checkpoints;
         cancellation resets the stream.
 
+        ``send_by`` (trio clock) is the push's deadline: a request that could
+        not be opened by then raises :class:`NotSentInTime`; once sent, its
+        answer is awaited until ``send_by + answer_grace`` (what the service
+        says is the truth, even a little late), then :class:`NoAnswerInTime`.
+
         Raises:
             ConnectionNotAvailable: never processed (safe to resend).
             NoResponseAfterGoaway: processed or maybe processed; never resend.
-            ConnectionLost, RemoteProtocolError: the connection failed.
+            ConnectionLost, RemoteProtocolError: the connection failed after
+                the request was sent; its fate is unknown.
             StreamReset: the server reset this stream.
             InvalidRequest: h2 refused the headers; nothing was sent.
+            NotSentInTime, NoAnswerInTime: see ``send_by``.
         """
         if self._state is not ConnectionState.ACTIVE:
             raise self._not_available()
-        await self._limiter.acquire()
+        if trio.current_time() >= send_by:
+            raise NotSentInTime(f"{self._name}: the deadline passed before the request was sent")
+        acquired = False
+        with trio.move_on_at(send_by):
+            await self._limiter.acquire()
+            acquired = True
+        if not acquired:
+            raise NotSentInTime(f"{self._name}: no free stream before the deadline")
         try:
             if self._state is not ConnectionState.ACTIVE:
                 raise self._not_available()
             record = self._open_stream(method, path, headers, body)
             try:
-                await record.done.wait()
+                # On the wire now: the deadline no longer cancels, it bounds the wait.
+                with trio.move_on_at(send_by + self._answer_grace):
+                    await record.done.wait()
             finally:
                 self._end_stream(record)
+            if not record.done.is_set():
+                raise NoAnswerInTime(
+                    f"{self._name}: stream {record.stream_id}: no answer {self._answer_grace:g}s "
+                    "after the deadline; it may have been delivered"
+                )
             if record.error is not None:
                 raise record.error
             headers_dict = dict(record.headers)
@@ -307,18 +363,24 @@ class Http2Connection:
         self._streams[stream_id] = record
         self._requests += 1
         if not body:
-            record.local_ended = True
+            self._ended(record)
         elif not self._pending_bodies and len(body) <= min(
             h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size
         ):
             h2c.send_data(stream_id, body, end_stream=True)
-            record.local_ended = True
+            self._ended(record)
         else:
             record.body = body
             self._pending_bodies[stream_id] = record
             self._pump_bodies()
         self._wake_writer()
         return record
+
+    def _ended(self, record: _Stream) -> None:
+        """Note that END_STREAM of ``record`` is queued (in order, for :meth:`_flush`)."""
+        record.local_ended = True
+        self._end_seq += 1
+        record.end_seq = self._end_seq
 
     def _pump_bodies(self) -> None:
         """Queue as much of the pending bodies as the flow-control windows allow.
@@ -353,7 +415,7 @@ class Http2Connection:
                 continue
             if record.sent >= total:
                 finished.append(stream_id)
-                record.local_ended = True
+                self._ended(record)
                 record.body = b""
             elif h2c.outbound_flow_control_window <= 0:
                 break  # the rest waits for the connection's WINDOW_UPDATE
@@ -379,6 +441,8 @@ class Http2Connection:
             self._close(self._drained_reason(), ConnectionLost, routine=True)
 
     def _drained_reason(self) -> str:
+        if self._write_error is not None:
+            return f"write failed: {self._write_error!r}; every stream ended"
         if self._goaway is None:
             return "drained"
         return f"drained after GOAWAY (last_stream_id {self._goaway[0]}, error_code {self._goaway[1]})"
@@ -416,6 +480,9 @@ class Http2Connection:
                         f"{self._name}: stream {stream_id} unanswered after GOAWAY "
                         f"(last_stream_id {self._goaway[0]}): {reason}"
                     )
+                elif not record.end_seq or record.end_seq > self._handed_seq:
+                    # Its END_STREAM never reached the socket: no server processed it.
+                    record.error = ConnectionNotAvailable(f"{self._name}: not sent before: {reason}")
                 else:
                     record.error = error_type(f"{self._name}: {reason}")
                 record.error.__cause__ = cause
@@ -460,16 +527,23 @@ class Http2Connection:
             self._finished.set()
 
     async def _reader(self) -> None:
+        with self._reader_scope:
+            await self._read_until_closed()
+        if self._reader_scope.cancelled_caught and self._write_error is not None:
+            # The grace after a write failure is over: what was buffered has been read.
+            self._close(f"write failed: {self._write_error!r}", ConnectionLost, self._write_error)
+
+    async def _read_until_closed(self) -> None:
         h2c = self._h2
         handlers = self._handlers
         while True:
             try:
                 data = await self._stream.receive_some(_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._close(f"read failed: {exc!r}", ConnectionLost, exc)
+                self._close(self._after_write_failure(f"read failed: {exc!r}"), ConnectionLost, exc)
                 return
             if not data:
-                self._close("server closed the connection", ConnectionLost)
+                self._close(self._after_write_failure("server closed the connection"), ConnectionLost)
                 return
             self._last_received = trio.current_time()
             try:
@@ -487,6 +561,11 @@ class Http2Connection:
                 self._pump_bodies()
             self._wake_writer()  # acks, window updates, PING and SETTINGS acks
 
+    def _after_write_failure(self, reason: str) -> str:
+        if self._write_error is None:
+            return reason
+        return f"write failed: {self._write_error!r}; then {reason}"
+
     async def _writer(self) -> None:
         while True:
             await self._write_wanted.wait()
@@ -496,13 +575,36 @@ class Http2Connection:
     async def _flush(self) -> None:
         """Write everything h2 has queued.  The only code that writes to the socket."""
         async with self._write_lock:
-            while data := self._h2.data_to_send():
+            while self._write_error is None:
+                queued_ends = self._end_seq
+                data = self._h2.data_to_send()
+                if not data:
+                    return
+                # From here these END_STREAMs may reach the server: fate unknown on failure.
+                self._handed_seq = queued_ends
                 try:
                     with trio.fail_after(self._write_timeout):
                         await self._stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
-                    self._close(f"write failed: {exc!r}", ConnectionLost, exc)
+                    self._write_failed(exc)
                     return
+                latch = self._send_latch
+                if latch is not None and latch.error is not None:
+                    self._write_failed(latch.error)
+                    return
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """Stop writing; let the reader collect the answers already received (bounded)."""
+        if self._state is ConnectionState.CLOSED or self._write_error is not None:
+            return
+        self._write_error = exc
+        if self._closing or not self._streams:
+            self._close(f"write failed: {exc!r}", ConnectionLost, exc)
+            return
+        if self._state is ConnectionState.ACTIVE:
+            self._state = ConnectionState.DRAINING
+        self._reader_scope.deadline = trio.current_time() + _READ_AFTER_WRITE_FAILURE
+        logger.warning("http2 %s: write failed (%r); reading the answers already received", self._name, exc)
 
     async def _pinger(self) -> None:
         payload = 0

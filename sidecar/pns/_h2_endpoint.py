@@ -29,7 +29,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from ._h2_connection import Http2Connection
-from ._h2_errors import ConnectError, ConnectionNotAvailable, Response
+from ._h2_errors import ConnectError, ConnectionNotAvailable, NotSentInTime, Response
 from ._h2_protocol import Header
 from .backoff import backoff_delay
 
@@ -77,10 +77,17 @@ class Http2Endpoint:
         self._connects = 0
         self._resends = 0
 
-    async def request(self, method: str, path: str, headers: list[Header], body: bytes = b"") -> Response:
+    async def request(
+        self, method: str, path: str, headers: list[Header], body: bytes = b"", *,
+        send_by: float = float("inf"),
+    ) -> Response:
         """Send one request, resending it while it was provably never processed.
 
+        ``send_by``: the push's deadline (trio clock), see
+        :meth:`Http2Connection.request`; waiting for a connection stops there too.
+
         Raises:
+            NotSentInTime: the deadline passed before it could be sent.
             ConnectError: no connection could be opened (or in backoff).
             ConnectionNotAvailable: still unprocessed after ``max_resends``.
             Http2Error: any other failure, as raised by the connection.
@@ -89,9 +96,13 @@ class Http2Endpoint:
         while True:
             connection = self._live
             if connection is None or not connection.is_available():
-                connection = await self._connection()
+                connection = None
+                with trio.move_on_at(send_by):
+                    connection = await self._connection()
+                if connection is None:
+                    raise NotSentInTime(f"{self._name}: no connection before the deadline")
             try:
-                return await connection.request(method, path, headers, body)
+                return await connection.request(method, path, headers, body, send_by=send_by)
             except ConnectionNotAvailable:
                 if resends >= self._max_resends:
                     raise

@@ -13,8 +13,13 @@
     │                             server processed it (or may have) but no answer
     │                             came.  NEVER resend: a VoIP push would ring twice
     ├── ConnectionLost            the transport failed (read/write error, EOF,
-    │                             ping timeout, local close) with the request in
-    │                             flight; whether it was processed is unknown
+    │                             ping timeout, local close) after the request
+    │                             was handed to the socket, and no answer was in
+    │                             what we could still read: its fate is unknown
+    ├── NotSentInTime             the push's deadline passed before the request
+    │                             could be sent (no stream slot, no connection)
+    ├── NoAnswerInTime            sent, but no answer within the grace after the
+    │                             deadline; the stream was reset (fate unknown)
     ├── RemoteProtocolError       the server broke the HTTP/2 rules (h2 said so)
     ├── InvalidRequest            the request itself is malformed (header name
     │                             not lower-case, CR/LF in a value...): nothing
@@ -56,6 +61,14 @@ class NoResponseAfterGoaway(Http2Error):
 
 class ConnectionLost(Http2Error):
     """The connection failed while the request was in flight."""
+
+
+class NotSentInTime(Http2Error):
+    """The deadline passed before the request could be sent: nothing was sent."""
+
+
+class NoAnswerInTime(Http2Error):
+    """The request was sent but its answer did not come within the grace after the deadline."""
 
 
 class RemoteProtocolError(Http2Error):

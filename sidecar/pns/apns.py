@@ -6,6 +6,9 @@ apns-expiration...) and the JSON payload; this module adds authentication
 ``POST /3/device/<token>`` and classifies the answer with pure tables, so the
 dispatcher only sees a :class:`~sidecar.pns.base.SendResult`.
 
+Every request carries an ``apns-id`` derived from the push (:func:`apns_id_for`),
+unless the app type set one.
+
 Re-sends that cannot ring a phone twice (streams above a GOAWAY's
 ``last_stream_id``, refused streams) happen inside the HTTP/2 endpoint.  A
 stream APNs may have processed before going away without answering is
@@ -18,6 +21,7 @@ import functools
 import json
 import logging
 import time
+import uuid
 from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
@@ -86,6 +90,21 @@ def apns_result(response: Response, url: str, now: float) -> SendResult:
     verdict = classify_apns(status, reason)
     retry_after = parse_retry_after(response.headers.get("retry-after"), now) if verdict is Verdict.RETRY else None
     return SendResult(verdict, status, reason, url, retry_after=retry_after, body=body)
+
+
+# Fixed namespace of our derived apns-ids (a random UUID chosen once).
+_APNS_ID_NAMESPACE = uuid.UUID("5b0c6a2e-8f4d-4c1e-9a57-2f1d3e8b6c90")
+
+
+def apns_id_for(push: Push) -> str:
+    """The ``apns-id`` of ``push``: a UUID derived from (call-id, event, token), pure.
+
+    The same push sent twice (a resend after a cut connection, a proxy that
+    sent it twice) carries the same id, so a duplicate can be recognised in
+    our logs, in Apple's delivery logs and by an app that reads the id.
+    """
+    name = "\x00".join((push.call_id, push.event.value, push.token))
+    return str(uuid.uuid5(_APNS_ID_NAMESPACE, name))
 
 
 def payload_limit(headers: Mapping[str, str]) -> int:
@@ -182,6 +201,8 @@ class ApnsService(PushService):
         if len(body) > payload_limit(notification.headers):
             return SendResult(Verdict.REJECTED, 413, "PayloadTooLarge", url)
         headers = list(notification.headers.items())
+        if "apns-id" not in notification.headers:
+            headers.append(("apns-id", apns_id_for(push)))
         if self._debug_hpack:
             hpack_logger.debug("%s request %s headers %s", push.request_id, path, headers)
         jwt = ""
@@ -189,7 +210,7 @@ class ApnsService(PushService):
             jwt = self._jwt.token()
             headers.append(("authorization", "bearer " + jwt))
         try:
-            response = await endpoint.request("POST", path, headers, body)
+            response = await endpoint.request("POST", path, headers, body, send_by=push.deadline)
         except Http2Error as exc:
             return failure_result(exc, url)
         except Exception as exc:  # a bug: report it, but keep the no-raise contract

@@ -36,6 +36,7 @@ class Verdict(str, enum.Enum):
     TOKEN_DEAD = "token_dead"  # the token will never work again: purge
     REJECTED = "rejected"  # permanent for this push; do not retry
     RETRY = "retry"  # temporary (429, 5xx, connection failure): retry with backoff
+    EXPIRED = "expired"  # the deadline passed before it could be sent: nothing was sent
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,6 +46,9 @@ class SendResult:
     ``status`` is the push service's HTTP status (0 when no answer came, e.g.
     a connection failure); ``reason`` its reason string (APNs ``reason``, FCM
     errorCode or status) or a description of the local failure.
+    ``fate_unknown``: the request reached the wire but no answer could be
+    read (the connection was cut): it may have been delivered.  The
+    dispatcher resends such a push at most once.
     """
 
     verdict: Verdict
@@ -53,6 +57,11 @@ class SendResult:
     url: str = ""
     retry_after: float | None = None
     body: Mapping[str, Any] | None = None
+    fate_unknown: bool = False
+
+
+#: seconds an answer is still awaited after the deadline once its request was sent
+ANSWER_GRACE = 5.0
 
 
 class PushService(abc.ABC):

@@ -285,7 +285,7 @@ class FcmService(PushService):
             hpack_logger.debug("%s request %s headers %s", push.request_id, self._path, headers)
         headers.append(("authorization", "Bearer " + access))
         try:
-            response = await self._endpoint.request("POST", self._path, headers, body)
+            response = await self._endpoint.request("POST", self._path, headers, body, send_by=push.deadline)
         except Http2Error as exc:
             return failure_result(exc, self._url), False
         except Exception as exc:  # a bug: report it, but keep the no-raise contract

@@ -11,6 +11,8 @@ Layers, one module each (stream -> connection -> endpoint -> push service):
   the header checks h2 does not make on what we send;
 - :mod:`._h2_connection`: :class:`Http2Connection`, one connection and its
   reader, writer and pinger tasks;
+- :mod:`._h2_transport`: :class:`SendLatch`, which keeps a failed write from
+  breaking the TLS stream so the answers already received can be read;
 - :mod:`._h2_connect`: :func:`open_http2_connection` (TLS, ALPN h2);
 - :mod:`._h2_endpoint`: :class:`Http2Endpoint`, one persistent connection per
   (credentials, host) with reconnect backoff and transparent resends of
@@ -34,7 +36,9 @@ from ._h2_errors import (
     ConnectionNotAvailable,
     Http2Error,
     InvalidRequest,
+    NoAnswerInTime,
     NoResponseAfterGoaway,
+    NotSentInTime,
     RemoteProtocolError,
     Response,
     StreamRefused,
@@ -53,7 +57,9 @@ __all__ = [
     "Http2Endpoint",
     "Http2Error",
     "InvalidRequest",
+    "NoAnswerInTime",
     "NoResponseAfterGoaway",
+    "NotSentInTime",
     "RemoteProtocolError",
     "Response",
     "StreamRefused",

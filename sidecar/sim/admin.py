@@ -8,7 +8,7 @@
   "drop"}``), ``dead_tokens``, ``bad_tokens``, ``token_topics``,
   ``token_projects``, ``delay``, ``goaway_after`` (``{"n", "last_stream_id",
   "error_code", "repeat", "kind"}``), ``drop_connection_after`` (``{"n",
-  "repeat", "kind"}`` or a number), ``expire_access_tokens`` (true).
+  "repeat", "kind", "after_answer"}`` or a number), ``expire_access_tokens`` (true).
 """
 
 from __future__ import annotations

@@ -99,6 +99,8 @@ class Plan:
     delay: float = 0.0
     reset: int | None = None
     drop: bool = False
+    #: after the answer left, cut the connection abruptly (TCP RST)
+    cut: bool = False
     goaway: GoAway | None = None
     #: raise this connection's SETTINGS_MAX_CONCURRENT_STREAMS to this value
     raise_streams: int | None = None

@@ -26,6 +26,10 @@ class Fault:
         delay: seconds to wait before answering (on top of ``Simulator.delay``).
         reset: answer with RST_STREAM carrying this HTTP/2 error code instead.
         drop: close the connection abruptly instead of answering.
+        cut: answer, then cut the TCP connection at once (RST, no GOAWAY, no
+            TLS close_notify): the answer is in the client's receive buffer
+            when its next write fails.  What a server crash right after
+            answering, or a load balancer killing the flow, looks like.
     """
 
     status: int = 200
@@ -34,6 +38,7 @@ class Fault:
     delay: float = 0.0
     reset: int | None = None
     drop: bool = False
+    cut: bool = False
 
     @classmethod
     def coerce(cls, item: Any) -> "Fault":
@@ -66,6 +71,8 @@ class ConnectionTrigger:
         error_code: for GOAWAY, its HTTP/2 error code.
         debug_data: for GOAWAY, its opaque debug data.
         kind: count only requests of this kind (apns, fcm, oauth); None: all.
+        after_answer: for a drop, answer the stream that fired it first, then
+            cut the connection (see :attr:`Fault.cut`).
     """
 
     n: int
@@ -74,6 +81,7 @@ class ConnectionTrigger:
     last_stream_id: int | None = None
     error_code: int = 0
     debug_data: bytes = b""
+    after_answer: bool = False
     seen: int = 0
 
     def count(self, kind: str) -> bool:
@@ -105,14 +113,14 @@ class FaultPlan:
         queue = self.scripts.get(kind)
         return queue.popleft() if queue else None
 
-    def take_drop(self, kind: str) -> bool:
-        """Count a stream against the drop trigger; True if it fires now."""
+    def take_drop(self, kind: str) -> ConnectionTrigger | None:
+        """Count a stream against the drop trigger; the trigger if it fires now."""
         trigger = self.drop
         if trigger is None or not trigger.count(kind):
-            return False
+            return None
         if not trigger.repeat:
             self.drop = None
-        return True
+        return trigger
 
     def take_goaway(self, kind: str) -> ConnectionTrigger | None:
         """Count a stream against the GOAWAY trigger; the trigger if it fires now."""

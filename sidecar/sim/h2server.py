@@ -27,8 +27,12 @@ hand here:
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import heapq
+import socket
+import struct
+import termios
 from typing import Awaitable, Callable
 
 import h2.config
@@ -103,6 +107,7 @@ class H2ServerConnection:
         self._window_opened = trio.Event()
         self._goaway_last: int | None = None
         self._drop = False
+        self._cut = False  # drop with a TCP RST, right after an answer
         self._terminated = False
         self._nursery: trio.Nursery | None = None
         self._reader_scope: trio.CancelScope | None = None
@@ -132,6 +137,17 @@ class H2ServerConnection:
     async def _close(self) -> None:
         if self._drop and isinstance(self._stream, trio.SSLStream):
             # Abrupt: close TCP without a TLS close_notify.
+            if self._cut:  # and with a RST: nothing more can be read or written
+                transport = self._stream.transport_stream
+                sock = getattr(transport, "socket", None)
+                if sock is not None:
+                    # A RST discards what is still in our send queue: let the
+                    # answer leave first, as a server that crashed after
+                    # answering had sent it.
+                    with trio.move_on_after(1.0):
+                        while _unsent_bytes(sock) > 0:
+                            await trio.sleep(0.001)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             await trio.aclose_forcefully(self._stream.transport_stream)
             await trio.aclose_forcefully(self._stream)
             return
@@ -254,6 +270,8 @@ class H2ServerConnection:
             self._answer_later(stream_id, plan)
         else:
             self._answer(stream_id, plan)
+            if plan.cut:  # the read loop flushes the answer, then closes
+                self._drop = self._cut = True
         if plan.goaway is not None:
             self._send_goaway(plan.goaway)
 
@@ -283,11 +301,16 @@ class H2ServerConnection:
                 self._delayed_changed = trio.Event()
                 continue
             now = trio.current_time()
+            cut = False
             while self._delayed and self._delayed[0][0] <= now:
                 _, _, stream_id, plan = heapq.heappop(self._delayed)
                 self._answer(stream_id, plan)
+                cut = cut or plan.cut
             self._batch_done()
             await self._flush()
+            if cut and self._reader_scope is not None:  # the answer went out, then the cut
+                self._drop = self._cut = True
+                self._reader_scope.cancel()
             self._maybe_finish_goaway()
 
     def _answer(self, stream_id: int, plan: Plan) -> None:
@@ -371,3 +394,12 @@ class H2ServerConnection:
                 self._out.clear()
             if data:
                 await self._stream.send_all(data)
+
+
+def _unsent_bytes(sock: trio.socket.SocketType) -> int:
+    """Bytes in the socket's send queue (Linux SIOCOUTQ); 0 where unknown."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(raw, "little")

@@ -195,12 +195,15 @@ class Simulator:
             debug_data=debug_data, kind=_check_kind(kind))
 
     def drop_connection_after(self, n: int, *, repeat: bool = False,
-                              kind: str | None = None) -> None:
+                              kind: str | None = None, after_answer: bool = False) -> None:
         """Close the connection abruptly when the request after the next ``n`` arrives.
 
-        That request gets no answer; the ``n`` before it are answered.
+        That request gets no answer; the ``n`` before it are answered.  With
+        ``after_answer`` it is answered too, and the connection is cut (TCP
+        RST) right after its answer left.
         """
-        self.faults.drop = ConnectionTrigger(n + 1, repeat=repeat, kind=_check_kind(kind))
+        self.faults.drop = ConnectionTrigger(n + 1, repeat=repeat, kind=_check_kind(kind),
+                                             after_answer=after_answer)
 
     def expire_access_tokens(self) -> None:
         """Make every OAuth access token issued so far expired."""
@@ -299,8 +302,11 @@ class Simulator:
         self.streams += 1
         kind = _kind_of(req.path)
         faults = self.faults
-        if faults.drop is not None and faults.take_drop(kind):
-            return self._dropped(kind, req)
+        cut = False
+        if faults.drop is not None and (fired := faults.take_drop(kind)) is not None:
+            if not fired.after_answer:
+                return self._dropped(kind, req)
+            cut = True
         trigger = faults.take_goaway(kind) if faults.goaway is not None else None
         if req.conn.http_version == "2" and self._beyond_goaway(req, kind, trigger):
             # Promised unprocessed by a GOAWAY with an explicit last_stream_id.
@@ -317,14 +323,18 @@ class Simulator:
                 return self._dropped(kind, req)
             elif fault.reset is None:
                 reply = service.fault_reply(fault, req)
-        plan = Plan(reply, delay=faults.delay + (fault.delay if fault else 0.0))
+        plan = Plan(reply, delay=faults.delay + (fault.delay if fault else 0.0),
+                    cut=cut or bool(fault is not None and fault.cut))
+        if plan.cut:
+            self.connections_dropped += 1
         if fault is not None and fault.reset is not None:
             plan.reset = fault.reset
             self.recorder.add(kind, req, None, outcome="reset",
                               form=parse_form(req.body) if kind == "oauth" else None)
             return plan
         assert reply is not None
-        self.recorder.add(kind, req, reply, form=parse_form(req.body) if kind == "oauth" else None)
+        self.recorder.add(kind, req, reply, outcome="cut" if plan.cut else None,
+                          form=parse_form(req.body) if kind == "oauth" else None)
         self.statuses[reply.status] += 1
         if trigger is not None:
             plan.goaway = self._goaway_frame(trigger, req)

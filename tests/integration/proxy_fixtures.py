@@ -141,7 +141,7 @@ class Proxy:
 
 def start_kamailio(tmp: Path, *, endpoint: str, wait_ms: int, children: int = 2,
                    sndhwm: int = 10000, env: dict[str, str] | None = None,
-                   shm_mb: int = 64) -> Proxy:
+                   shm_mb: int = 64, curve: tuple[str, str] | None = None) -> Proxy:
     """Render the example config and start Kamailio in the foreground; wait until it answers.
 
     ``env`` adds variables to Kamailio's environment (the caller's PUSHSIDECAR_*
@@ -157,6 +157,8 @@ def start_kamailio(tmp: Path, *, endpoint: str, wait_ms: int, children: int = 2,
         "PUSHSIDECAR_SNDHWM": str(sndhwm),
         "PS_WAIT_MS": str(wait_ms),
         "PS_CHILDREN": str(children),
+        "PUSHSIDECAR_CURVE_SERVER_KEY": curve[0] if curve else "",
+        "PUSHSIDECAR_CURVE_CLIENT_KEY": curve[1] if curve else "",
     })
     cfg_path = run_dir / "kamailio.cfg"
     cfg_path.write_text(cfg)
@@ -297,6 +299,10 @@ def render_opensips_config(template: str, values: dict[str, str]) -> str:
     patterns = {
         "socket": (r"^socket = .*$", "socket = {}"),
         "mpath": (r'^mpath = ".*"$', 'mpath = "{}"'),
+        "ps_curve_server_key": (r'^modparam\("cfgutils", "shvset", "ps_curve_server_key=s:.*"\)$',
+                                'modparam("cfgutils", "shvset", "ps_curve_server_key=s:{}")'),
+        "ps_curve_client_key": (r'^modparam\("cfgutils", "shvset", "ps_curve_client_key=s:.*"\)$',
+                                'modparam("cfgutils", "shvset", "ps_curve_client_key=s:{}")'),
         "ps_endpoint": (r'^modparam\("cfgutils", "shvset", "ps_endpoint=s:.*"\)$',
                         'modparam("cfgutils", "shvset", "ps_endpoint=s:{}")'),
         "ps_wait": (r'^modparam\("cfgutils", "shvset", "ps_wait=i:.*"\)$',
@@ -314,7 +320,8 @@ def render_opensips_config(template: str, values: dict[str, str]) -> str:
 
 
 def start_opensips(tmp: Path, name: str, *, endpoint: str, wait_ms: int,
-                   env: dict[str, str] | None = None, shm_mb: int = 64) -> Proxy:
+                   env: dict[str, str] | None = None, shm_mb: int = 64,
+                   curve: tuple[str, str] | None = None) -> Proxy:
     """Render the example opensips.cfg and start OpenSIPS ``name`` in the foreground."""
     prefix = require_opensips(name)
     run_dir = tmp / f"{name}-run"
@@ -329,6 +336,8 @@ def start_opensips(tmp: Path, name: str, *, endpoint: str, wait_ms: int,
         "ps_endpoint": endpoint,
         "ps_wait": str(max(1, round(wait_ms / 1000))),
         "script_name": str(OPENSIPS_SCRIPT),
+        "ps_curve_server_key": curve[0] if curve else "",
+        "ps_curve_client_key": curve[1] if curve else "",
     })
     cfg_path = run_dir / "opensips.cfg"
     cfg_path.write_text(cfg)
@@ -351,9 +360,11 @@ def start_opensips(tmp: Path, name: str, *, endpoint: str, wait_ms: int,
     return proxy
 
 
-def start_proxy(name: str, tmp: Path, *, endpoint: str, wait_ms: int) -> Proxy:
-    """Start the proxy ``name`` (one of PROXIES) from its example configuration."""
+def start_proxy(name: str, tmp: Path, *, endpoint: str, wait_ms: int,
+                curve: tuple[str, str] | None = None) -> Proxy:
+    """Start the proxy ``name`` (one of PROXIES) from its example configuration;
+    ``curve``: (the sidecar's public key file, this proxy's secret key file)."""
     if name == "kamailio":
         require_tools()
-        return start_kamailio(tmp, endpoint=endpoint, wait_ms=wait_ms)
-    return start_opensips(tmp, name, endpoint=endpoint, wait_ms=wait_ms)
+        return start_kamailio(tmp, endpoint=endpoint, wait_ms=wait_ms, curve=curve)
+    return start_opensips(tmp, name, endpoint=endpoint, wait_ms=wait_ms, curve=curve)

@@ -126,11 +126,11 @@ def desktop(user: str) -> Device:
 
 
 def stack_config(tmp: Path, creds: SimCredentials, sim_port: int, endpoint: str,
-                 sandbox_port: int | None = None) -> Path:
+                 sandbox_port: int | None = None, zmq_options: str = "") -> Path:
     """A sidecar config on ``endpoint`` with the applications the devices above use."""
     config_dir = write_config(tmp / "config", creds, sim_port, sidecar_port=0)
     general = config_dir / "general.ini"
-    general.write_text(general.read_text() + f"\n[zmq]\nendpoint = {endpoint}\nrun_dir = {tmp}\n")
+    general.write_text(general.read_text() + f"\n[zmq]\nendpoint = {endpoint}\nrun_dir = {tmp}\n{zmq_options}")
     apps = config_dir / "applications.ini"
     apps.write_text(apps.read_text() + rfc8599_applications(creds, sim_port, sandbox_port=sandbox_port))
     return config_dir
@@ -618,3 +618,45 @@ async def test_a_linphone_app_gets_no_cancel_push_and_nothing_is_rejected(
         counts = dict(handle.runtime.dispatcher.counts)
         assert counts[OutcomeKind.DELIVERED] == 1 and counts[OutcomeKind.SKIPPED] == 1, counts
         assert counts[OutcomeKind.REJECTED] == 0, counts
+
+
+@bounded
+async def test_a_proxy_on_another_host_pushes_over_curve(proxy, tmp_path, sim, sim_credentials) -> None:
+    """ZeroMQ over TCP with CURVE: the proxy holds its key pair and the sidecar's
+    public key (the values at the top of its config); a proxy without them gets
+    no connection (its security mechanism does not match), and its callers get
+    480 at once."""
+    from sidecar.cli import main as cli_main
+
+    creds = sim_credentials
+    keys = tmp_path / "keys"
+    clients = keys / "clients"
+    for name in ("sidecar", "proxy"):
+        assert cli_main(["keys", str(keys), name]) == 0
+    clients.mkdir()
+    (clients / "proxy.key").write_text((keys / "proxy.key").read_text())
+    config = stack_config(tmp_path, creds, sim.port, "tcp://127.0.0.1:*",
+                          zmq_options=f"curve_secret_key = {keys}/sidecar.key_secret\ncurve_clients = {clients}\n")
+    async with running_sidecar(config) as handle:
+        allowed = start_proxy(proxy.name, tmp_path / "allowed", endpoint=handle.zmq_endpoint, wait_ms=WAIT_MS,
+                              curve=(str(keys / "sidecar.key"), str(keys / "proxy.key_secret")))
+        stranger = start_proxy(proxy.name, tmp_path / "stranger", endpoint=handle.zmq_endpoint, wait_ms=WAIT_MS)
+        try:
+            phone = linphone_ios(new_user("quin"), creds)
+            for running in (allowed, stranger):
+                await register(tmp_path, running, phone, name=f"register-{running.port}")
+            await trio.sleep(0.3)
+            refused = sipp(tmp_path, f"refused-{phone.user}", "caller_refused.xml", stranger,
+                           keys={"callee": phone.user})
+            assert await in_thread(refused.assert_ok, 15) < 2.5
+            caller = sipp(tmp_path, f"cancel-{phone.user}", "caller_cancel.xml", allowed, keys={"callee": phone.user})
+            await in_thread(caller.assert_ok, 15)
+            assert events_by_token(await settle(sim, [phone], 2)) == {
+                phone.voip_token: ["incoming_session"], phone.remote_token: ["cancel"]}
+            counters = handle.runtime.proxy_ingress.counters
+            assert counters.frames == 2 and counters.accepted == 2  # nothing from the stranger
+        finally:
+            allowed.stop()
+            stranger.stop()
+        for running in (allowed, stranger):
+            assert "Traceback" not in running.log()

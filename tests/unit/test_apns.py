@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 
 import pytest
 import trio
@@ -15,9 +16,9 @@ from h2_fake_server import FakeH2Server, FakeRequest, ServerConnection, memory_c
 from sidecar.config import AppConfig
 from sidecar.model import Event, Push
 from sidecar.pns._answers import parse_retry_after
-from sidecar.pns.apns import ApnsService, classify_apns
+from sidecar.pns.apns import ApnsService, apns_id_for, classify_apns
 from sidecar.pns.apns_auth import ApnsTokenCache
-from sidecar.pns.base import Notification, PushServiceConfigError, Verdict
+from sidecar.pns.base import ANSWER_GRACE, Notification, PushServiceConfigError, Verdict
 from sidecar.pns.http2 import ConnectError
 
 TOKEN = "ab" * 32
@@ -294,3 +295,68 @@ async def test_real_tls_path_with_configured_ca(tmp_path, key_file):
     assert [r.verdict for r in results] == [Verdict.DELIVERED] * 50
     assert results[0].url == f"https://127.0.0.1:{port}/3/device/{TOKEN}"
     assert len(server.connections) == 1 and len(server.authorizations) == 1
+
+
+# ---- apns-id and deadlines -------------------------------------------------
+
+
+async def test_apns_id_is_derived_from_call_event_and_token(autojump_clock, key_file):
+    seen: list[FakeRequest] = []
+
+    def handler(conn, request):
+        seen.append(request)
+        conn.respond_ok(request)
+
+    server = FakeH2Server(handler=handler)
+    async with trio.open_nursery() as nursery:
+        service = await make_service(server, nursery, key_file)
+        for push in (make_push(), make_push(), make_push(token="cd" * 32)):
+            await service.send(push, notification())
+        await service.aclose()
+    ids = [request.headers["apns-id"] for request in seen]
+    assert ids[0] == ids[1] == apns_id_for(make_push()) != ids[2]
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", ids[0])
+
+
+def late_answer(delay: float):
+    def handler(conn: ServerConnection, request: FakeRequest) -> None:
+        async def later() -> None:
+            await trio.sleep(delay)
+            conn.respond_ok(request)
+            await conn.flush()
+
+        conn.server.nursery.start_soon(later)
+
+    return handler
+
+
+@pytest.mark.parametrize("delay, verdict", [(3.0, Verdict.DELIVERED), (60.0, Verdict.RETRY)])
+async def test_a_sent_request_outlives_the_deadline_by_the_grace_only(autojump_clock, key_file, delay, verdict):
+    server = FakeH2Server(handler=late_answer(delay))
+    async with trio.open_nursery() as nursery:
+        server.nursery = nursery
+        service = await make_service(server, nursery, key_file)
+        start = trio.current_time()
+        push = make_push().replace(deadline=start + 1.0)
+        result = await service.send(push, notification())
+        elapsed = trio.current_time() - start
+        await service.aclose()
+        nursery.cancel_scope.cancel()
+    assert result.verdict is verdict, result
+    if verdict is Verdict.DELIVERED:  # what the service said, 2 s after the deadline
+        assert elapsed == pytest.approx(3.0)
+    else:  # given up 5 s after the deadline; it may have been delivered
+        assert elapsed == pytest.approx(1.0 + ANSWER_GRACE)
+        assert result.fate_unknown and result.reason.startswith("NoAnswerInTime")
+
+
+async def test_a_push_not_sent_by_its_deadline_expires(autojump_clock, key_file):
+    async def never(nursery):
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        service = ApnsService(app_config(key_file), nursery, token_cache=ApnsTokenCache(), connector=never)
+        push = make_push().replace(deadline=trio.current_time() + 2.0)
+        result = await service.send(push, notification())
+        await service.aclose()
+    assert result.verdict is Verdict.EXPIRED and result.reason.startswith("NotSentInTime")

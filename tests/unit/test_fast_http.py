@@ -208,3 +208,16 @@ async def test_idle_and_stalled_connections_are_closed(monkeypatch, autojump_clo
                 answer = await receive_until_closed(theirs)  # returns when the server closes
                 assert trio.current_time() - started >= limit - 0.5
         assert (b"HTTP/1.1 200" in answer) == (len(sent) > 40)
+
+
+async def test_bearer_token_is_checked_before_the_body_on_the_fast_path():
+    secret = "s3cret-token-0123456789abcdef"
+    runtime = FakeRuntime(make_settings(bearer_tokens=(("sylkserver", secret),)))
+    head_only = request(b"x" * 500)[:-500]
+    with trio.fail_after(5):
+        raw = await exchange(runtime, head_only, half_close=False)
+    (status, body, head), = answers(raw)
+    assert status == 401 and body["description"] == "a valid bearer token is required"
+    assert b'www-authenticate: Bearer realm="pushsidecar"' in head and runtime.dispatched == []
+    raw = await exchange(runtime, request(extra=f"authorization: Bearer {secret}\r\n".encode()))
+    assert answers(raw)[0][0] == 200 and len(runtime.dispatched) == 1

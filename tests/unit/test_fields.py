@@ -226,3 +226,18 @@ def test_call_default_ttl_and_explicit_ttl():
 def test_defaults_silent_true_badge_one():
     push, _, _ = build(linphone_fields())
     assert push.silent is True and push.badge == 1
+
+
+def test_text_checks_name_the_field():
+    import pytest
+
+    from sidecar.ingress.fields import check_text
+    from sidecar.model import PushValidationError
+
+    assert check_text("content", "line one\r\nline two\tend") == "line one\r\nline two\tend"
+    for key, value, words in [("call-id", "a\nb", "control character"), ("token", "x\x00", "control character"),
+                              ("device-id", "\ud800", "lone surrogate"), ("from", "a" * 1025, "longer than 1024"),
+                              ("content", "x\x07", "control character")]:
+        with pytest.raises(PushValidationError) as info:
+            check_text(key, value)
+        assert f"'{key}'" in info.value.message and words in info.value.message and info.value.status == 400

@@ -702,3 +702,92 @@ async def test_bodies_waiting_for_the_connection_window_leave_together(autojump_
             await conn.aclose()
         assert statuses == [200] * 30
         assert server.processed == {body: 1 for body in bodies}
+
+
+# ---- a connection cut after answering -------------------------------------
+
+
+class GatedStream(trio.abc.Stream):
+    """A client transport whose reads can be held back (answers waiting in the
+    kernel's buffer) and whose writes can be made to fail (the peer reset)."""
+
+    def __init__(self, inner: trio.abc.Stream):
+        self.inner = inner
+        self.reads_open = trio.Event()
+        self.reads_open.set()
+        self.fail_writes = False
+
+    async def send_all(self, data) -> None:
+        if self.fail_writes:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError("connection reset by peer")
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None):
+        await self.reads_open.wait()
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_failed_write_still_delivers_the_answers_already_received(autojump_clock):
+    holder = Holder()
+    server = FakeH2Server(handler=holder)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    gated = GatedStream(client_stream)
+    results: dict[str, object] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve, server_stream)
+        conn = Http2Connection(gated, authority="fake.test")
+        await conn.start(nursery)
+        await conn.wait_remote_settings()
+
+        async def one(tag: str) -> None:
+            try:
+                results[tag] = (await conn.request("POST", "/", [], tag.encode())).status
+            except Exception as exc:  # noqa: BLE001 - the error is the result
+                results[tag] = exc
+
+        for tag in ("answered", "unanswered"):
+            nursery.start_soon(one, tag)
+        await trio.sleep(1)
+        assert len(holder.held) == 2
+        gated.reads_open = trio.Event()  # the answer arrives, but we have not read it yet
+        answered = next((c, r) for c, r in holder.held if r.body == b"answered")
+        answered[0].respond_ok(answered[1])
+        await answered[0].flush()
+        gated.fail_writes = True  # ...and the peer resets: our next write fails
+        nursery.start_soon(one, "written-after")
+        await trio.sleep(0.1)
+        assert conn.statistics()["state"] == "draining"
+        gated.reads_open.set()
+        await trio.sleep(5)  # the read grace after the failed write ends
+    assert results["answered"] == 200  # read after the write failed: delivered, not lost
+    assert isinstance(results["unanswered"], ConnectionLost)  # sent, never answered: unknown
+    assert isinstance(results["written-after"], ConnectionLost)  # handed to the failed write
+    assert conn.is_closed()
+
+
+async def test_a_request_that_never_left_is_resendable(autojump_clock):
+    holder = Holder()
+    server = FakeH2Server(handler=holder, initial_window_size=10)
+    server.ack_data = False  # the window never reopens: the body's end never leaves
+    async with trio.open_nursery() as nursery:
+        conn = await connect(server, nursery)
+        outcome: dict[str, object] = {}
+
+        async def big() -> None:
+            try:
+                await conn.request("POST", "/", [], b"x" * 100)  # waits for window: no END_STREAM sent
+            except Exception as exc:  # noqa: BLE001
+                outcome["big"] = exc
+
+        nursery.start_soon(big)
+        await trio.sleep(1)
+        await trio.aclose_forcefully(server.connections[0].stream)
+        await trio.sleep(1)
+    assert isinstance(outcome["big"], ConnectionNotAvailable), outcome

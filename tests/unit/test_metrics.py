@@ -116,3 +116,22 @@ def test_label_children_are_cached():
     m.push_received("zmq")
     assert m._received.get("zmq") is child
     assert value(m, "pushsidecar_pushes_received_total", source="zmq") == 2
+
+
+def test_label_values_come_only_from_configured_applications():
+    from sidecar.model import OutcomeKind
+    from sidecar.observe.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.set_applications([("com.example.app", "apple")])
+    metrics.outcome("com.example.app", "apple", OutcomeKind.DELIVERED, 0.1)
+    before = len(metrics.render()[0])
+    for i in range(2000):  # what rejected ZeroMQ messages with made-up app ids did
+        metrics.outcome(f"app-{i}", f"platform-{i % 7}", OutcomeKind.REJECTED, 0.01)
+        metrics.attempt(f"platform-{i}", 400, 0.01)
+    body = metrics.render()[0].decode()
+    assert len(body) < before + 4000
+    assert 'pushsidecar_outcomes_total{app="unknown",outcome="rejected",platform="unknown"} 2000.0' in body
+    assert 'app="com.example.app"' in body and "app-1" not in body
+    metrics.outcome("app-3", "apple", OutcomeKind.REJECTED)
+    assert 'pushsidecar_outcomes_total{app="unknown",outcome="rejected",platform="apple"} 1.0' in metrics.render()[0].decode()

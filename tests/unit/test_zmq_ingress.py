@@ -88,7 +88,7 @@ async def test_ten_thousand_messages_reach_the_handler():
     thread.join(5)
     assert [m.call_id for m in collector.messages] == [f"call-{i}" for i in range(10_000)]
     assert counters.snapshot() == {"frames": 10_000, "accepted": 10_000, "bad": 0, "expired": 0,
-                                   "duplicates": 0, "handler_errors": 0}
+                                   "duplicates": 0, "shed": 0, "handler_errors": 0, "clients_refused": 0}
 
 
 async def test_reader_does_not_starve_other_tasks():
@@ -176,7 +176,7 @@ async def test_duplicates_and_expired_are_counted_and_reported():
                                    ("just-expired", "expired"), ("m1", "duplicate")]
     snap = counters.snapshot()
     assert snap == {"frames": 9, "accepted": 5, "bad": 0, "expired": 2, "duplicates": 2,
-                    "handler_errors": 0}
+                    "shed": 0, "handler_errors": 0, "clients_refused": 0}
 
 
 async def test_a_failing_handler_is_counted_and_the_loop_goes_on():
