@@ -40,6 +40,7 @@ from ..config import Settings
 from .access import DENIED_BODY, ASGIApp, is_allowed
 from .bearer import OPEN_PATHS, client_of
 from .http import HttpRuntime, answer_push_v1, client_peer, sylk_json
+from .server_errors import error_body
 
 logger = logging.getLogger("sidecar.ingress.fast_http")
 
@@ -47,8 +48,10 @@ RECEIVE_SIZE = 65536
 BACKLOG = 1024
 #: an idle keep-alive connection is closed after this (Hypercorn's default)
 KEEP_ALIVE_TIMEOUT = 5.0
-#: a request whose bytes stop coming for this long is dropped (no answer)
+#: a request whose bytes stop coming for this long is answered 408 and closed
 READ_TIMEOUT = 30.0
+#: request line + headers larger than this: 431 (h11's default, so as with Hypercorn)
+MAX_HEAD_BYTES = 16 * 1024
 _PUSH_PATH = b"/push"
 
 
@@ -132,12 +135,16 @@ class _Connection:
         self.limit = self.settings.max_body_size
         self.send_continue = False
         self.idle = True
+        self.in_head = False  # between the first byte of a request and its last header
+        self.head_bytes = 0
         self.recv_scope: trio.CancelScope | None = None
 
     # -- parser callbacks ------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.idle = False
+        self.in_head = True
+        self.head_bytes = 0
         self.current = _Request()
         # Each request reads the settings in force (a reload applies at once).
         self.settings = self.server.current_settings()
@@ -146,15 +153,22 @@ class _Connection:
     def on_url(self, url: bytes) -> None:
         assert self.current is not None
         self.current.url += url
+        self.current.size += len(url)  # the head's size until the body starts
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.current is not None
         self.current.headers.append((name.lower(), value))
+        self.current.size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
         request = self.current
         assert request is not None
+        self.in_head = False
         parser = self.parser
+        if request.size > MAX_HEAD_BYTES:  # a head that came whole in one read
+            request.refusal = (431, error_body(431))
+            return
+        request.size = 0  # from here on: the body's size
         request.method = parser.get_method()
         request.keep_alive = parser.should_keep_alive()
         request.http_version = parser.get_http_version()
@@ -303,8 +317,10 @@ class FastHttpServer:
             # Cancelled at stop while idle; times out like Hypercorn's keep-alive.
             with trio.CancelScope(deadline=trio.current_time() + timeout) as connection.recv_scope:
                 data = await _receive(sock)
-            connection.recv_scope = None
+            scope, connection.recv_scope = connection.recv_scope, None
             if not data:
+                if scope.cancelled_caught and not connection.idle and not self._stopping:
+                    await _send_all(sock, json_answer(408, error_body(408), keep_alive=False))
                 return  # the client closed (a half-sent request gets no answer), or stop
             try:
                 parser.feed_data(data)
@@ -319,9 +335,15 @@ class FastHttpServer:
                     await self._answer(sock, connection, request)
                 return
             except httptools.HttpParserError as exc:
-                await _send_all(sock, json_answer(400, sylk_json(400, f"malformed HTTP request: {exc}"),
-                                                  keep_alive=False))
+                # As h11 under Hypercorn: 501 for a transfer coding we do not speak.
+                status = 501 if "transfer-encoding" in str(exc).lower() else 400
+                await _send_all(sock, json_answer(status, error_body(status), keep_alive=False))
                 return
+            if connection.in_head:
+                connection.head_bytes += len(data)
+                if connection.head_bytes > MAX_HEAD_BYTES:
+                    await _send_all(sock, json_answer(431, error_body(431), keep_alive=False))
+                    return
             while connection.ready:
                 request = connection.ready.popleft()
                 if not await self._answer(sock, connection, request):

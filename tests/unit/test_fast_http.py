@@ -221,3 +221,11 @@ async def test_bearer_token_is_checked_before_the_body_on_the_fast_path():
     assert b'www-authenticate: Bearer realm="pushsidecar"' in head and runtime.dispatched == []
     raw = await exchange(runtime, request(extra=f"authorization: Bearer {secret}\r\n".encode()))
     assert answers(raw)[0][0] == 200 and len(runtime.dispatched) == 1
+
+
+async def test_parser_errors_answer_like_hypercorn():
+    too_long = b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 20000 + b"\r\n\r\n"
+    gzip = b"POST /push HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n"
+    for raw, status in ((too_long, 431), (gzip, 501), (b"GARBAGE\r\n\r\n", 400)):
+        (code, body, head), = answers(await exchange(FakeRuntime(), raw))
+        assert code == status and body["code"] == status and b"connection: close" in head
