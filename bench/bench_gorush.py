@@ -496,7 +496,7 @@ def start_sidecar(folder: Path, creds: Any, sim_ip: str, workers: int) -> tuple[
     config_dir = write_config(folder / "sidecar-config", creds, 443, host=sim_ip, sidecar_port=port)
     general = config_dir / "general.ini"
     endpoint = f"ipc://{folder}/push.sock"
-    text = general.read_text().replace("[server]\n", f"[server]\nworkers = {workers}\n", 1)
+    text = general.read_text().replace("[server]\n", f"[server]\nworkers = {workers}\nhttp_server = fast\n", 1)
     general.write_text(text + f"\n[zmq]\nendpoint = {endpoint}\nrun_dir = {folder}\n")
     log = open(folder / "sidecar.log", "ab")
     process = subprocess.Popen([common.PYTHON, "-m", "sidecar", "--config-dir", str(config_dir)],

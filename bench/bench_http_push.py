@@ -230,7 +230,8 @@ def main() -> None:
             port = common.free_port()
             config_dir = write_config(folder / "config", creds, sim.port, sidecar_port=port)
             general = config_dir / "general.ini"
-            general.write_text(general.read_text() + "\n[zmq]\nenabled = false\n")
+            general.write_text(general.read_text().replace("[server]\n", "[server]\nhttp_server = fast\n", 1)
+                               + "\n[zmq]\nenabled = false\n")
             log = open(folder / "sidecar.log", "ab")
             sidecar = subprocess.Popen([common.PYTHON, "-m", "sidecar", "--config-dir", str(config_dir)],
                                        stdout=log, stderr=log, env=common.child_env(), cwd=common.ROOT)

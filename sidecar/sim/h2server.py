@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import functools
-import heapq
 import socket
 import struct
 import termios
@@ -111,13 +110,6 @@ class H2ServerConnection:
         self._terminated = False
         self._nursery: trio.Nursery | None = None
         self._reader_scope: trio.CancelScope | None = None
-        # Delayed answers, by due time: one timer task per connection answers
-        # every due one and writes them at once (a task and a write per
-        # answer made the simulator the bottleneck of delayed benchmarks).
-        self._delayed: list[tuple[float, int, int, Plan]] = []
-        self._delayed_count = 0
-        self._delayed_changed = trio.Event()
-        self._delayed_task = False
         self.refused_streams = 0
         self.goaways_sent = 0
 
@@ -267,7 +259,8 @@ class H2ServerConnection:
             self._drop = True
             return
         if plan.delay > 0:
-            self._answer_later(stream_id, plan)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._guarded, self._answer_later, stream_id, plan)
         else:
             self._answer(stream_id, plan)
             if plan.cut:  # the read loop flushes the answer, then closes
@@ -277,41 +270,15 @@ class H2ServerConnection:
 
     # -- answering ---------------------------------------------------------
 
-    def _answer_later(self, stream_id: int, plan: Plan) -> None:
-        self._delayed_count += 1
-        heapq.heappush(self._delayed, (trio.current_time() + plan.delay, self._delayed_count,
-                                       stream_id, plan))
-        if not self._delayed_task:
-            self._delayed_task = True
-            assert self._nursery is not None
-            self._nursery.start_soon(self._guarded, self._answer_due)
-        elif self._delayed[0][2] == stream_id:  # sooner than what the timer waits for
-            self._delayed_changed.set()
-
-    async def _answer_due(self) -> None:
-        """Answer delayed requests as they fall due, in due order, one write per batch."""
-        while True:
-            if not self._delayed:
-                await self._delayed_changed.wait()
-                self._delayed_changed = trio.Event()
-                continue
-            due = self._delayed[0][0]
-            with trio.move_on_at(due):
-                await self._delayed_changed.wait()
-                self._delayed_changed = trio.Event()
-                continue
-            now = trio.current_time()
-            cut = False
-            while self._delayed and self._delayed[0][0] <= now:
-                _, _, stream_id, plan = heapq.heappop(self._delayed)
-                self._answer(stream_id, plan)
-                cut = cut or plan.cut
-            self._batch_done()
-            await self._flush()
-            if cut and self._reader_scope is not None:  # the answer went out, then the cut
-                self._drop = self._cut = True
-                self._reader_scope.cancel()
-            self._maybe_finish_goaway()
+    async def _answer_later(self, stream_id: int, plan: Plan) -> None:
+        await trio.sleep(plan.delay)
+        self._answer(stream_id, plan)
+        self._batch_done()
+        await self._flush()
+        if plan.cut and self._reader_scope is not None:
+            self._drop = self._cut = True
+            self._reader_scope.cancel()
+        self._maybe_finish_goaway()
 
     def _answer(self, stream_id: int, plan: Plan) -> None:
         if self._open.pop(stream_id, None) is None:

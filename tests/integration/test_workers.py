@@ -44,7 +44,8 @@ def request_pids(text: str, source: str) -> set[str]:
 
 def workers_config(tmp_path: Path, creds: SimCredentials, sim_port: int) -> Path:
     config_dir = sidecar_config(tmp_path, creds, sim_port)
-    set_server_options(config_dir, workers="2", log_to_file="true", log_file=str(tmp_path / "sidecar.log"))
+    set_server_options(config_dir, workers="2", http_server="fast", log_to_file="true",
+                       log_file=str(tmp_path / "sidecar.log"))
     return config_dir
 
 
