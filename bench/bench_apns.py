@@ -100,6 +100,7 @@ async def sidecar_worker(args: argparse.Namespace) -> dict:
     app_type = load_app_types(None)["sylk"]
     async with trio.open_nursery() as nursery:
         services = PushServices(nursery, builtin_factories())
+        services.apply({app.key: app})
         dispatcher = Dispatcher(services, metrics=Metrics())
 
         async def send(i: int) -> bool:

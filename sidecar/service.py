@@ -17,15 +17,15 @@ import gc
 import logging
 import os
 import signal
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import trio
 
 from .apps.base import AppType
 from .apps.registry import load_app_types
-from .config import AppConfig, ConfigError, Settings, load_settings
+from .config import AppConfig, ConfigError, Settings
 from .dispatch import Dispatcher
 from .model import Outcome, Push
 from .observe.metrics import Metrics
@@ -75,19 +75,14 @@ def read_all(config_dir: Path) -> tuple[
     return settings, app_types, pns_plugins, problems, warnings
 
 
-def credential_problems(settings: Settings, services: PushServices) -> list[str]:
-    """Build every application's push service now (keys, certificates and
-    service accounts are read and parsed): what start-up refuses, one line
-    per application.  The daemon and ``check-config`` both call this."""
-    from .pns.base import PushServiceConfigError
-
-    problems = []
-    for app in settings.applications.values():
-        try:
-            services.validate(app)
-        except PushServiceConfigError as exc:
-            problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
-    return problems
+def credential_problems(settings: Settings, services: PushServices,
+                        changed_files: frozenset[Path] = frozenset()) -> list[str]:
+    """Put the applications' push services in force (keys, certificates and
+    service accounts are read and parsed now); if one cannot be built, none
+    is: what start-up or a reload refuses, one line per application.  The
+    daemon, a reload and ``check-config`` call this."""
+    return [f"{settings.applications_file} [{app.section}]: {problem}"
+            for app, problem in services.apply(settings.applications, changed_files=changed_files)]
 
 
 def server_tls_problems(settings: Settings) -> list[str]:
@@ -164,7 +159,6 @@ class Runtime:
         self.dispatcher = Dispatcher(services, listeners=listeners, metrics=self.metrics,
                                      max_in_flight=limits_for(settings.memory_budget_mb).in_flight)
         self._nursery = nursery
-        self.started_at = time.time()
         self.proxy_ingress: Any = None  # set once the ZeroMQ socket is bound
         #: command-line values that replace general.ini's (--ip, --port; None: not given)
         self.overrides: dict[str, Any] = {}
@@ -177,10 +171,10 @@ class Runtime:
         self._nursery.start_soon(self.dispatcher.dispatch, push, app, app_type)
 
     def apply_settings(self, settings: Settings, app_types: dict[str, AppType]) -> None:
+        """Swap in a reloaded configuration (its services are already in force)."""
         self.settings = settings
         self.app_types = app_types
         self.metrics.set_applications(settings.applications)
-        self.services.apply(dict(settings.applications))
 
 
 def refresh_metrics(runtime: Runtime) -> None:
@@ -454,10 +448,10 @@ def reload_config(
     credential files changed on disk, are built (credentials loaded and
     checked) before anything is swapped: if one fails, the reload is
     rejected and the running services, old keys included, stay in force.
+    Otherwise the services of changed and removed applications are retired
+    (drained, then closed; see :class:`~sidecar.pns.registry.PushServices`).
     """
     from .observe import systemd
-    from .pns.base import PushServiceConfigError
-    from .pns.registry import credential_files
 
     def reject(problems: list[str]) -> bool:
         logger.error("reload (%s) rejected, keeping the running configuration:\n  %s",
@@ -471,18 +465,8 @@ def reload_config(
         settings, app_types, _ = load_all(config_dir)
     except ConfigError as exc:
         return reject(exc.problems)
-    running = runtime.settings.applications
-    built: dict[tuple[str, str], tuple[AppConfig, PushService]] = {}
-    problems = []
-    for key, app in settings.applications.items():
-        if running.get(key) == app and not credential_files(app) & changed_files:
-            continue
-        try:
-            built[key] = (app, runtime.services.build(app))
-        except PushServiceConfigError as exc:
-            problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
+    problems = credential_problems(settings, runtime.services, changed_files)
     if problems:
-        runtime.services.discard([service for _, service in built.values()])
         return reject(problems)
     current = runtime.settings
     overrides = runtime.overrides
@@ -492,7 +476,6 @@ def reload_config(
     settings = dataclasses.replace(
         wanted, host=current.host, port=current.port, tls_certificate=current.tls_certificate,
         zmq_enabled=current.zmq_enabled, zmq_endpoint=current.zmq_endpoint, run_dir=current.run_dir)
-    runtime.services.install(built)
     runtime.apply_settings(settings, app_types)
     runtime.metrics.config_reload(True)
     systemd.notify_ready()

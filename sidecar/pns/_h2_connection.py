@@ -57,7 +57,8 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import h2.connection
 import h2.errors

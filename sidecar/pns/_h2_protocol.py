@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import h2.config
 import h2.connection

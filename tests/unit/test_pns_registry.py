@@ -154,6 +154,7 @@ async def test_a_changed_key_drains_the_old_service_then_closes_it(nursery, auto
         await trio.sleep(1)
         services.apply(apps(NEW_KEY))
         pushes.start_soon(dispatch_after, dispatcher, 0, APP, outcomes)  # the new key, at once
+    await trio.sleep(0.05)  # the drain task closes the old service once it sees the last send end
     late, early = outcomes[1], outcomes[0]
     assert (early.kind, early.attempts) == (OutcomeKind.DELIVERED, 1)
     assert (late.kind, late.attempts) == (OutcomeKind.DELIVERED, 1)
