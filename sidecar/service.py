@@ -122,7 +122,7 @@ def check_configuration(config_dir: Path) -> tuple[Settings | None, list[str], l
     return settings, problems + server_tls_problems(settings) + trio.run(check_credentials), warnings
 
 
-class _AnyName(frozenset):
+class _AnyName(frozenset[str]):
     def __contains__(self, item: object) -> bool:  # accepts every platform name
         return True
 
@@ -358,7 +358,7 @@ def _override(settings: Settings, *, ip: str | None, port: int | None) -> Settin
 
 
 async def _serve_http(app: Any, runtime: Runtime, settings: Settings, stop_requested: trio.Event,
-                      done: trio.Event, *, task_status) -> None:
+                      done: trio.Event, *, task_status: trio.TaskStatus[list[str]]) -> None:
     """Serve the HTTP API until ``stop_requested``; set ``done`` once every
     request was answered (or it failed).
 
@@ -394,7 +394,7 @@ def _reuse_port() -> bool:
 
 
 async def _serve_http_until_stopped(app: Any, settings: Settings, stop_requested: trio.Event,
-                                    *, task_status) -> None:
+                                    *, task_status: trio.TaskStatus[list[str]]) -> None:
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
@@ -555,7 +555,7 @@ def run_daemon(config_dir: str | None, *, ip: str | None, port: int | None, debu
     return 0
 
 
-async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status) -> None:
+async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status: trio.TaskStatus[str]) -> None:
     """The ZeroMQ PULL socket of the proxy scripts, feeding the same dispatcher."""
     from functools import partial
 
@@ -591,7 +591,8 @@ def _zmq_pending(runtime: Runtime, proxy: Any) -> int:
     """
     c = proxy.counters
     arrived = runtime.dispatcher.received_from.get("zmq", 0)
-    return max(0, c.accepted + c.expired + c.duplicates + c.shed - arrived)
+    pending: int = max(0, c.accepted + c.expired + c.duplicates + c.shed - arrived)
+    return pending
 
 
 CONFIG_POLL_SECONDS = 2.0

@@ -40,6 +40,7 @@ def load_plugin_classes(folder: Path | None) -> dict[str, type[PushService]]:
     found: dict[str, type[PushService]] = {}
     for path in plugin_files(folder):
         for cls in defined_subclasses(import_plugin(path, "sidecar_pns_plugins"), PushService):
+            assert issubclass(cls, PushService)  # for the type checker: defined_subclasses checked it
             if not cls.platform:
                 raise PluginError(f"{path}: class {cls.__name__} has no 'platform' name")
             found[cls.platform] = cls
