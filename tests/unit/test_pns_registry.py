@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import trio
 
 from sidecar.config import AppConfig
 from sidecar.dispatch import Dispatcher
 from sidecar.model import Event, OutcomeKind, Push
 from sidecar.observe.metrics import Metrics
-from sidecar.pns.base import Notification, PushService, PushServiceConfigError, SendResult, Verdict
+from sidecar.pns.base import (
+    SEND_CAP_AFTER_DEADLINE, Notification, PushService, PushServiceConfigError, SendResult, Verdict,
+)
 from sidecar.pns.registry import PushServices
 
 APP = AppConfig(section="sylk-ios", app_id="com.example.app", app_type="sylk", platform="apple",
@@ -230,4 +233,60 @@ async def test_changed_credential_files_rebuild_an_unchanged_application(nursery
     first, second = factory.services_of(app)
     assert first.closed_at is not None and second.closed_at is None
     assert len(factory.services_of(OTHER)) == 1
+    await services.aclose()
+
+
+async def test_a_retired_service_is_closed_at_the_hard_cap_if_a_send_never_ends(nursery, autojump_clock):
+    # A plugin that ignores the deadline, sent to without the dispatcher's own cap:
+    # the drain still ends, at the push's deadline plus SEND_CAP_AFTER_DEADLINE.
+    factory = Factory({"OLDKEY": [(10_000.0, OK)]})
+    services = PushServices(nursery, {"apple": factory})
+    services.apply(apps(APP))
+    results: list = []
+
+    async def send() -> None:
+        results.append(await services.send(APP.key, make_push(APP, life=10.0), Notification({}, {})))
+
+    nursery.start_soon(send)
+    await trio.sleep(1)
+    services.apply(apps(NEW_KEY))
+    await trio.sleep(60)
+    [old] = factory.services_of(APP)
+    assert old.closed_at == pytest.approx(10.0 + SEND_CAP_AFTER_DEADLINE)
+    [result] = results  # failed by the close, as a closed HTTP/2 connection fails its streams
+    assert result.verdict is Verdict.RETRY and result.fate_unknown
+    await services.aclose()
+
+
+async def test_stopping_closes_draining_services_at_once(nursery, autojump_clock):
+    factory = Factory({"OLDKEY": [(20.0, OK)]})
+    services = PushServices(nursery, {"apple": factory})
+    services.apply(apps(APP))
+    nursery.start_soon(services.send, APP.key, make_push(APP), Notification({}, {}))
+    await trio.sleep(1)
+    services.apply(apps(NEW_KEY))
+    await trio.sleep(1)
+    [old] = factory.services_of(APP)
+    assert old.closed_at is None  # draining: its send is still in flight
+    await services.aclose()
+    [new] = factory.services_of(NEW_KEY)
+    assert old.closed_at == pytest.approx(2.0) and new.closed_at == pytest.approx(2.0)
+    assert services.statistics() == {}
+
+
+async def test_a_push_for_an_unknown_key_sends_nothing(nursery, autojump_clock):
+    factory = Factory({})
+    services = PushServices(nursery, {"apple": factory})
+    services.apply(apps(APP))
+    assert await services.send(OTHER.key, make_push(OTHER), Notification({}, {})) is None
+    [service] = factory.services_of(APP)
+    assert service.sends == [] and len(factory.built) == 1
+    await services.aclose()
+
+
+async def test_an_unknown_platform_is_a_problem_not_a_crash(nursery, autojump_clock):
+    services = PushServices(nursery, {"apple": Factory({})})
+    huawei = dataclasses.replace(OTHER, platform="huawei")
+    assert services.apply(apps(APP, huawei)) == [(huawei, "no push service for platform 'huawei'")]
+    assert services.statistics() == {}  # all or nothing
     await services.aclose()
