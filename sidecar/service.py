@@ -18,8 +18,8 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import trio
 
@@ -75,12 +75,12 @@ def read_all(config_dir: Path) -> tuple[
     return settings, app_types, pns_plugins, problems, warnings
 
 
-def credential_problems(settings: Settings, services: PushServices,
+def apply_push_services(settings: Settings, services: PushServices,
                         changed_files: frozenset[Path] = frozenset()) -> list[str]:
     """Put the applications' push services in force (keys, certificates and
-    service accounts are read and parsed now); if one cannot be built, none
-    is: what start-up or a reload refuses, one line per application.  The
-    daemon, a reload and ``check-config`` call this."""
+    service accounts are read and parsed now), all or nothing: the problems
+    are what start-up or a reload refuses, one line per application (empty:
+    in force).  The daemon, a reload and ``check-config`` call this."""
     return [f"{settings.applications_file} [{app.section}]: {problem}"
             for app, problem in services.apply(settings.applications, changed_files=changed_files)]
 
@@ -114,7 +114,7 @@ def check_configuration(config_dir: Path) -> tuple[Settings | None, list[str], l
             factories.update(pns_plugins)
             services = PushServices(nursery, factories)
             try:
-                return credential_problems(settings, services)
+                return apply_push_services(settings, services)
             finally:
                 await services.aclose()
                 nursery.cancel_scope.cancel()
@@ -258,7 +258,7 @@ async def run_sidecar(
                 for name, cls in pns_plugins.items():
                     factories[name] = cls
                 services = PushServices(nursery, factories)
-                problems = credential_problems(settings, services)
+                problems = apply_push_services(settings, services)
                 if problems:
                     raise ConfigError(problems)
                 metrics = Metrics()
@@ -465,7 +465,7 @@ def reload_config(
         settings, app_types, _ = load_all(config_dir)
     except ConfigError as exc:
         return reject(exc.problems)
-    problems = credential_problems(settings, runtime.services, changed_files)
+    problems = apply_push_services(settings, runtime.services, changed_files)
     if problems:
         return reject(problems)
     current = runtime.settings
