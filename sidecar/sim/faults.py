@@ -95,6 +95,11 @@ class ConnectionTrigger:
         return True
 
 
+def _fired(trigger: ConnectionTrigger | None, kind: str) -> ConnectionTrigger | None:
+    """``trigger`` when this stream of ``kind`` makes it fire, else None."""
+    return trigger if trigger is not None and trigger.count(kind) else None
+
+
 class FaultPlan:
     """Everything scripted to go wrong, shared by all connections."""
 
@@ -115,19 +120,15 @@ class FaultPlan:
 
     def take_drop(self, kind: str) -> ConnectionTrigger | None:
         """Count a stream against the drop trigger; the trigger if it fires now."""
-        trigger = self.drop
-        if trigger is None or not trigger.count(kind):
-            return None
-        if not trigger.repeat:
+        trigger = _fired(self.drop, kind)
+        if trigger is not None and not trigger.repeat:
             self.drop = None
         return trigger
 
     def take_goaway(self, kind: str) -> ConnectionTrigger | None:
         """Count a stream against the GOAWAY trigger; the trigger if it fires now."""
-        trigger = self.goaway
-        if trigger is None or not trigger.count(kind):
-            return None
-        if not trigger.repeat:
+        trigger = _fired(self.goaway, kind)
+        if trigger is not None and not trigger.repeat:
             self.goaway = None
         return trigger
 
