@@ -9,18 +9,8 @@ from typing import Any
 
 from ..model import Push
 from .base import SendResult, Verdict
-from .http2 import (
-    ConnectionLost,
-    Header,
-    Http2Endpoint,
-    Http2Error,
-    InvalidRequest,
-    NoAnswerInTime,
-    NoResponseAfterGoaway,
-    NotSentInTime,
-    RemoteProtocolError,
-    Response,
-)
+from .http2 import ConnectionLost, Header, Http2Endpoint, Http2Error, InvalidRequest, NoAnswerInTime
+from .http2 import NoResponseAfterGoaway, NotSentInTime, RemoteProtocolError, Response
 
 
 async def post(
