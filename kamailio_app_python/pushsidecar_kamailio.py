@@ -433,7 +433,7 @@ def _fetch_fields(fields):
     """
     if len(fields) != len(PREPARE_PVS):
         return [_pv(name) for name in PREPARE_PVS]
-    return [_pv(name) if value == _NULL else value for name, value in zip(PREPARE_PVS, fields)]
+    return [_pv(name) if value == _NULL else value for name, value in zip(PREPARE_PVS, fields, strict=True)]
 
 
 def mod_init():
