@@ -29,7 +29,8 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterable, MutableMapping
+from typing import Any
+from collections.abc import Iterable, MutableMapping
 
 from ..model import Outcome, OutcomeKind, Push
 
@@ -212,7 +213,7 @@ class ContextFormatter(logging.Formatter):
         # above, built directly (the push path logs two lines per push).
         # A second handler (stderr and file) with the same kind of formatter
         # reuses the first one's text.
-        done = record.__dict__.get(_FORMATTED)
+        done: tuple[bool, str] | None = record.__dict__.get(_FORMATTED)
         if done is not None and done[0] == self._timestamps:
             return done[1]
         call_id = getattr(record, "call_id", None)
@@ -380,7 +381,7 @@ PROTOCOL_LOGGERS = ("hpack", "h2", "hyperframe", "httpcore", "h11")
 # -- per-push context --------------------------------------------------------------
 
 
-class PushLoggerAdapter(logging.LoggerAdapter):
+class PushLoggerAdapter(logging.LoggerAdapter[logging.Logger]):
     """Tags every line with the push's call_id and request_id."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
@@ -496,12 +497,12 @@ class _RecordTemplates:
 
     def make(self, target: logging.Logger, level: int, text: str) -> logging.LogRecord:
         if logging.getLogRecordFactory() is not logging.LogRecord:
-            return target.makeRecord(target.name, level, _THIS_FILE, _RECORD_LINE, text, None, None,
+            return target.makeRecord(target.name, level, _THIS_FILE, _RECORD_LINE, text, (), None,
                                      _RECORD_FUNCTION, None, None)
         key = (target.name, threading.get_ident())
         template = self._templates.get(key)
         if template is None:
-            record = logging.LogRecord(target.name, level, _THIS_FILE, _RECORD_LINE, text, None, None,
+            record = logging.LogRecord(target.name, level, _THIS_FILE, _RECORD_LINE, text, (), None,
                                        _RECORD_FUNCTION, None)
             if len(self._templates) >= 64:
                 self._templates.clear()

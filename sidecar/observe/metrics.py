@@ -23,12 +23,13 @@ anything else is counted as ``unknown``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any
+from collections.abc import Callable, Hashable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from ..model import Outcome, OutcomeKind, Push
+from ..model import OutcomeKind
 
 NAMESPACE = "pushsidecar"
 #: the label value of anything not configured (bounded cardinality)

@@ -29,7 +29,8 @@ import json
 import logging
 import math
 import re
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import httpx
 import trio

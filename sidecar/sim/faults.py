@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 KINDS = ("apns", "fcm", "oauth")
 
@@ -41,7 +42,7 @@ class Fault:
     cut: bool = False
 
     @classmethod
-    def coerce(cls, item: Any) -> "Fault":
+    def coerce(cls, item: Any) -> Fault:
         """Accept a Fault, ``(status, headers[, reason])``, a status or a JSON dict."""
         if isinstance(item, Fault):
             return item

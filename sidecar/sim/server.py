@@ -24,7 +24,8 @@ import itertools
 import ssl
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import trio
 

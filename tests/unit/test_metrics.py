@@ -143,4 +143,5 @@ def test_label_values_come_only_from_configured_applications():
     assert 'pushsidecar_outcomes_total{app="unknown",outcome="rejected",platform="unknown"} 2000.0' in body
     assert 'app="com.example.app"' in body and "app-1" not in body
     metrics.outcome("app-3", "apple", OutcomeKind.REJECTED)
-    assert 'pushsidecar_outcomes_total{app="unknown",outcome="rejected",platform="apple"} 1.0' in metrics.render()[0].decode()
+    text = metrics.render()[0].decode()
+    assert 'pushsidecar_outcomes_total{app="unknown",outcome="rejected",platform="apple"} 1.0' in text

@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 
-import pytest
 import trio
 
 from sidecar.config import AppConfig
