@@ -489,6 +489,7 @@ async def dispatcher_worker(app: Any, count: int, concurrency: int, timeout: flo
     app_type = load_app_types(None)["sylk"]
     async with trio.open_nursery() as nursery:
         services = PushServices(nursery, builtin_factories())
+        services.apply({app.key: app})  # as the daemon puts its applications in force
         dispatcher = Dispatcher(services, metrics=Metrics())
 
         async def send(i: int) -> bool:
