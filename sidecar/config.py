@@ -648,8 +648,7 @@ def _host_port(value: str, default_port: int) -> tuple[str, int]:
 def _security_settings(general: Any, general_path: Path, config_dir: Path, path_option: Any,
                        problems: list[str]) -> dict[str, Any]:
     """CURVE keys, bearer tokens and the memory budget (appends to ``problems``)."""
-    from .ingress.bearer import BearerTokenError, load_bearer_tokens
-    from .ingress.curve import CurveKeyError, load_server_keys
+    from .key_files import BearerTokenError, CurveKeyError, load_bearer_tokens, load_server_keys
 
     server, zmq_section = general["server"], general["zmq"]
     result: dict[str, Any] = {"memory_budget_mb": server["memory_budget_mb"]}

@@ -557,39 +557,6 @@ def decode(frame: bytes) -> WireMessage:
     )  # fmt: skip
 
 
-def to_sylk_fields(msg: WireMessage) -> dict[str, Any]:
-    """The message as Sylk v1 hyphenated fields (the input of ``build_push``).
-
-    For an account push the result has no app-id/platform/token (the caller
-    merges in each stored device) and no ``account`` key either: in Sylk,
-    ``account`` means the conference account of incoming_conference_request.
-    """
-    fields: dict[str, Any] = {
-        "event": msg.event,
-        "call-id": msg.call_id,
-        "from": msg.from_uri,
-        "to": msg.to_uri,
-        "silent": True if msg.silent is None else msg.silent,
-    }
-    if not msg.is_account:
-        fields["app-id"] = msg.app_id
-        fields["platform"] = msg.platform
-        fields["token"] = msg.token
-    if msg.display_name is not None:
-        fields["from-display-name"] = msg.display_name
-    if msg.media_type is not None:
-        fields["media-type"] = msg.media_type
-    if msg.reason is not None:
-        fields["reason"] = msg.reason
-    if msg.device_id is not None:
-        fields["device-id"] = msg.device_id
-    if msg.content is not None:
-        fields["content"] = msg.content
-    if msg.content_type is not None:
-        fields["content-type"] = msg.content_type
-    return fields
-
-
 # --------------------------------------------------------------------------
 # Sender (runs inside the proxy workers)
 

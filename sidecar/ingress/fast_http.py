@@ -37,9 +37,11 @@ import httptools
 import trio
 
 from ..config import Settings
+from ..runtime_api import IngressRuntime
 from .access import DENIED_BODY, ASGIApp, is_allowed
+from .answers import client_peer, sylk_json
 from .bearer import OPEN_PATHS, client_of
-from .http import HttpRuntime, answer_push_v1, client_peer, sylk_json
+from .http import answer_push_v1
 from .server_errors import error_body
 
 logger = logging.getLogger("sidecar.ingress.fast_http")
@@ -224,11 +226,11 @@ class FastHttpServer:
 
     Args:
         app: the full ASGI application, for every request but ``POST /push``.
-        runtime: what ``POST /push`` needs (see :class:`~sidecar.ingress.http.HttpRuntime`).
+        runtime: what ``POST /push`` needs (see :class:`~sidecar.ingress.http.IngressRuntime`).
         current_settings: returns the settings in force (read per request).
     """
 
-    def __init__(self, app: ASGIApp, runtime: HttpRuntime, current_settings: Callable[[], Settings]):
+    def __init__(self, app: ASGIApp, runtime: IngressRuntime, current_settings: Callable[[], Settings]):
         self.app = app
         self.runtime = runtime
         self.current_settings = current_settings

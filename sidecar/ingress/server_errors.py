@@ -26,6 +26,8 @@ from http import HTTPStatus
 from itertools import chain
 from time import time
 
+from .answers import sylk_json
+
 logger = logging.getLogger("sidecar.ingress.http")
 
 #: what the client did wrong, per status Hypercorn answers on its own
@@ -45,8 +47,6 @@ _installed = False
 
 def error_body(status: int) -> bytes:
     """The Sylk answer for a status Hypercorn produced itself."""
-    from .http import sylk_json
-
     description = DESCRIPTIONS.get(status)
     if description is None:
         try:

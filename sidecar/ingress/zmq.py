@@ -16,7 +16,8 @@ duplicates + shed + handler_errors`` always holds:
 * ``duplicates``: the same (call-id, event, token or account) was already
   accepted within its ttl;
 * ``accepted``: handed to ``handler(msg)``, a plain function that must not
-  block (the service starts a task per push in a bounded nursery);
+  block (the service's :class:`~.proxy.ProxyIngress` admits it and queues it
+  for a bounded number of concurrent dispatches);
 * ``handler_errors``: the handler raised (a bug; logged).
 
 Expired, shed and duplicate messages are also given to the optional
@@ -52,7 +53,7 @@ from typing import Any, Callable, Hashable
 import trio
 import zmq
 
-from sidecar.model import DEFAULT_TTL
+from sidecar.model import default_ttl
 from sidecar.ingress.endpoint_guard import EndpointError, EndpointInUse, claim_ipc_path, tcp_in_use_message
 from sidecar.wire import RateLimitedLog, WireError, WireMessage, decode
 
@@ -61,7 +62,6 @@ from .curve import CurveServerKeys, ZapHandler, apply_server_keys
 log = logging.getLogger(__name__)
 
 _FAIRNESS_BATCH = 1000
-_TTL_BY_EVENT = {event.value: ttl for event, ttl in DEFAULT_TTL.items()}
 
 Handler = Callable[[WireMessage], Any]
 DiscardCallback = Callable[[WireMessage, str], Any]
@@ -82,18 +82,6 @@ class ZmqIngressCounters:
 
     def snapshot(self) -> dict[str, int]:
         return dataclasses.asdict(self)
-
-
-def message_ttl(msg: WireMessage) -> float:
-    """The useful life of a message in seconds (its own, or the event's default)."""
-    return msg.ttl if msg.ttl is not None else _TTL_BY_EVENT.get(msg.event, 45)
-
-
-def remaining_ttl(msg: WireMessage, wall_now: float) -> float:
-    """Seconds of useful life left at ``wall_now`` (never more than its ttl:
-    a proxy clock ahead of ours must not lengthen it)."""
-    ttl = message_ttl(msg)
-    return max(0.0, min(float(ttl), msg.sent_at + ttl - wall_now))
 
 
 class RecentKeys:
@@ -180,7 +168,7 @@ class _Reader:
             self.warn_bad(f"zmq ingress: bad frame ignored ({counters.bad} so far): {exc}")
             return
         now = self.wall_clock()
-        ttl = msg.ttl if msg.ttl is not None else _TTL_BY_EVENT.get(msg.event, 45)
+        ttl = msg.ttl if msg.ttl is not None else default_ttl(msg.event)
         expires = msg.sent_at + ttl
         if expires <= now:
             counters.expired += 1
