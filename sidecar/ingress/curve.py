@@ -29,7 +29,7 @@ import zmq
 import zmq.auth
 import zmq.utils.z85
 
-from ..key_files import CurveServerKeys
+from ..key_files import CurveKeyError, CurveServerKeys
 from ..wire import RateLimitedLog
 
 log = logging.getLogger("sidecar.ingress.zmq")

@@ -36,11 +36,12 @@ from ..store.base import StoreUnavailable
 from ..wire import WireMessage
 from .zmq import ZmqIngressCounters
 
+#: Set by :func:`request_from_wire` itself.  ``account``: on the wire the
+#: account pushed to, in a request Sylk's conference account (never sent).
+_NOT_COPIED = frozenset({"account", "silent", "sandbox", "from_display_name"})
 #: PushRequest fields copied from the WireMessage field of the same name.
-#: Not ``account``: on the wire it is the account pushed to, in a request
-#: Sylk's conference account.
 _SAME_NAME = tuple(
-    f.name for f in dataclasses.fields(PushRequest) if f.name in WireMessage._fields and f.name != "account"
+    f.name for f in dataclasses.fields(PushRequest) if f.name in WireMessage._fields and f.name not in _NOT_COPIED
 )
 
 Job = Callable[[], Awaitable[object]]

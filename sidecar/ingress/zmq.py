@@ -57,7 +57,8 @@ from sidecar.model import default_ttl
 from sidecar.ingress.endpoint_guard import EndpointError, EndpointInUse, claim_ipc_path, tcp_in_use_message
 from sidecar.wire import RateLimitedLog, WireError, WireMessage, decode
 
-from .curve import CurveServerKeys, ZapHandler, apply_server_keys
+from ..key_files import CurveServerKeys
+from .curve import ZapHandler, apply_server_keys
 
 log = logging.getLogger(__name__)
 
