@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from .apps.base import AppType
 from .config import AppConfig, Settings

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -157,7 +158,7 @@ keyspace = string(default='sylk_pushserver')
 table = string(default='push_tokens')
 consistency = option('ANY', 'ONE', 'TWO', 'THREE', 'QUORUM', 'ALL', 'LOCAL_QUORUM', 'EACH_QUORUM', 'LOCAL_ONE', default='LOCAL_ONE')
 debug = boolean(default=False)
-"""
+"""  # noqa: E501 (configobj spec lines cannot be wrapped)
 
 # Options of one applications.ini section that this module interprets.
 APP_OPTIONS = frozenset(
@@ -412,7 +413,7 @@ def _validated_general(path: Path, data: dict[str, dict[str, Any]]) -> tuple[Any
     rest of the configuration can still be checked.
     """
     import configobj
-    import validate
+    import validate  # type: ignore[import-untyped]  # configobj's, no type information
 
     general = configobj.ConfigObj(data, configspec=GENERAL_SPEC.splitlines(), interpolation=False)
     result = general.validate(validate.Validator(), preserve_errors=True)
@@ -498,11 +499,13 @@ def read_applications(
             else:
                 options[option] = clean_value(value)
 
+        # These helpers are called within this iteration only: the loop
+        # variables they read are the current section's.
         def problem(option: str, text: str) -> None:
-            problems.append(f"{path} [{section}] {option}: {text}")
+            problems.append(f"{path} [{section}] {option}: {text}")  # noqa: B023
 
         def text(option: str, default: str | None = None) -> str | None:
-            value = options.get(option, default)
+            value = options.get(option, default)  # noqa: B023
             if isinstance(value, list):
                 value = ",".join(value)
             if value is not None:
@@ -542,12 +545,12 @@ def read_applications(
         values: dict[str, Any] = {}
         tls_ca_file = credential("tls_ca_file")
         if platform == "apple":
-            url = text("apple_push_url", "api.push.apple.com")
+            url = text("apple_push_url") or "api.push.apple.com"
             try:
                 values["apple_host"], values["apple_port"] = _host_port(url, 443)
             except ValueError as exc:
                 problem("apple_push_url", str(exc))
-            sandbox_url = text("apple_sandbox_push_url", "api.sandbox.push.apple.com")
+            sandbox_url = text("apple_sandbox_push_url") or "api.sandbox.push.apple.com"
             try:
                 values["apple_sandbox_host"], values["apple_sandbox_port"] = _host_port(sandbox_url, 443)
             except ValueError as exc:

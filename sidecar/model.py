@@ -13,10 +13,11 @@ import enum
 import hashlib
 import itertools
 import os
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 
-class Event(str, enum.Enum):
+class Event(str, enum.Enum):  # noqa: UP042 (StrEnum would change str() in log lines)
     INCOMING_SESSION = "incoming_session"
     INCOMING_CONFERENCE_REQUEST = "incoming_conference_request"
     CANCEL = "cancel"
@@ -155,11 +156,11 @@ class Push(PushRequest):
     request_id: str = dataclasses.field(default_factory=new_request_id)
     peer: str | None = None  # who sent it: HTTP client address, or the ZeroMQ endpoint
 
-    def replace(self, **changes: Any) -> "Push":
+    def replace(self, **changes: Any) -> Push:
         return dataclasses.replace(self, **changes)
 
 
-class OutcomeKind(str, enum.Enum):
+class OutcomeKind(str, enum.Enum):  # noqa: UP042 (as Event)
     DELIVERED = "delivered"
     TOKEN_DEAD = "token_dead"  # the device token is dead: purge it
     REJECTED = "rejected"  # a 4xx that retrying will not fix

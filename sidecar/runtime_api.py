@@ -8,7 +8,8 @@ a request reads them once and works with that snapshot.
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from typing import Protocol
+from collections.abc import Mapping
 
 from .apps.base import AppType
 from .config import AppConfig, Settings

@@ -78,9 +78,10 @@ from __future__ import annotations
 import os
 import struct
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
+from collections.abc import Callable
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no type information shipped
 
 VERSION = 1
 
@@ -337,7 +338,7 @@ def push_target(params: dict[str, str]) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------
 # Encoding (proxy side: keep it cheap)
 
-_pack = msgpack.Packer(use_bin_type=True).pack
+_pack: Callable[[dict[str, Any]], bytes] = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
 
 
@@ -550,8 +551,10 @@ def decode(frame: bytes) -> WireMessage:
         user, at, domain = account.partition("@")
         if not user or not at or not domain:
             raise WireError(f"account {account!r} must be user@domain")
+    # call_id, from_uri and to_uri are non-empty str: checked by the fast path above.
     return WireMessage(
-        event, call_id, from_uri, to_uri, ts, ttl, display_name, media_type, reason,
+        event, call_id, from_uri, to_uri,  # type: ignore[arg-type]
+        ts, ttl, display_name, media_type, reason,
         silent, device_id, app_id, platform, token, provider, prid, param, account,
         content, content_type,
     )  # fmt: skip
@@ -868,7 +871,7 @@ class CallTimer:
                          timer._first[1], c1 - c0, empty_cpu)
             return result
 
-        Sender.send = timed_send  # type: ignore[method-assign]
+        Sender.send = timed_send  # type: ignore[method-assign, assignment]
         setattr(handler, first, timed_first)
         setattr(handler, second, timed_second)
         return handler

@@ -9,13 +9,12 @@ unique ``name``; an application selects it with ``app_type = <name>``.
 
 from __future__ import annotations
 
-import abc
 
 from ..model import Push, PushRequest, PushValidationError
 from ..pns.base import Notification
 
 
-class AppType(abc.ABC):
+class AppType:
     #: the value of ``app_type`` in applications.ini that selects this class
     name: str = ""
 
@@ -42,4 +41,5 @@ class AppType(abc.ABC):
             raise PushValidationError(
                 f"app type {self.name!r} has no payload for platform {platform!r}", 404
             )
-        return method(push, now)
+        notification: Notification = method(push, now)
+        return notification

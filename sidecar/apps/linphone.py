@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Mapping
+from typing import Any
 
 from ..model import Event, Push, PushNotNeeded, PushRequest, PushValidationError
 from ..pns.base import Notification

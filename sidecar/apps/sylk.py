@@ -16,7 +16,8 @@ with the ``linphone`` app type.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from ..model import Event, Push, PushRequest, PushValidationError, session_id
 from ..pns.base import Notification

@@ -8,7 +8,8 @@ Every answer of the HTTP API, errors included, is
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from ..config import Settings
 from .access import ASGIApp, Receive, Scope, Send

@@ -18,11 +18,11 @@ makes a pair.  Secret keys are written mode 0600 and never logged.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import trio
 import zmq
@@ -89,7 +89,8 @@ class ZapHandler:
                    f"{address.decode('ascii', 'replace')} (public key {who}; {self.denied} refused so far)")
         return [version, request_id, b"400", b"not on the allow-list", b"", b""]
 
-    async def run(self, ctx: zmq.Context[Any], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, ctx: zmq.Context[Any], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve ZAP in ``ctx`` until cancelled (start it before binding the CURVE socket)."""
         sock = ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)

@@ -31,7 +31,9 @@ import socket
 import time
 import urllib.parse
 from email.utils import formatdate
-from typing import Any, Callable
+from collections.abc import MutableMapping
+from typing import Any
+from collections.abc import Callable
 
 import httptools
 import trio
@@ -125,7 +127,7 @@ class _Request:
 class _Connection:
     """httptools callbacks for one connection: complete requests queue in ``ready``."""
 
-    def __init__(self, server: "FastHttpServer", peer: tuple[Any, ...] | None):
+    def __init__(self, server: FastHttpServer, peer: tuple[Any, ...] | None):
         self.server = server
         self.peer = peer
         self.client = (peer[0], peer[1]) if peer else None
@@ -408,7 +410,7 @@ class FastHttpServer:
             await done.wait()
             return {"type": "http.disconnect"}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 start.update(message)
             elif message["type"] == "http.response.body":

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 from fastapi import FastAPI, Request
@@ -188,9 +188,9 @@ class PushFastLane:
 #: ours already (fastapi-offline); this also stops ReDoc's footer from asking
 #: Redocly's CDN for its logo (the image is then left out, by ReDoc itself).
 DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
-).encode()
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
 DOCS_PAGES = frozenset({"/docs", "/redoc"})
 
 

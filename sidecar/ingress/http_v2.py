@@ -17,7 +17,8 @@ shape.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -156,7 +157,7 @@ def create_v2_router(runtime: IngressRuntime) -> APIRouter:
             return json_response({"result": "Not found"}, status=404)
         return json_response({"app-id": fields["app-id"], "device-id": device_id})
 
-    push_doc = {
+    push_doc: dict[str, Any] = {
         "summary": "Push to an account's devices",
         "response_model": SylkAnswer,
         "responses": ERROR_RESPONSES,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from functools import partial
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 

@@ -48,7 +48,8 @@ import heapq
 import logging
 import os
 import time
-from typing import Any, Callable, Hashable
+from typing import Any
+from collections.abc import Callable, Hashable
 
 import trio
 import zmq
@@ -286,7 +287,7 @@ async def _serve_bound(endpoint: str, ipc_path: str | None, reader: _Reader,
             if ipc_path is not None:
                 os.chmod(ipc_path, ipc_socket_mode)
             bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            fd = sock.getsockopt(zmq.FD)
+            fd = int(sock.getsockopt(zmq.FD))
             log.info("zmq ingress: listening on %s%s", bound, " (CURVE)" if curve is not None else "")
             task_status.started(bound)
             await _read_loop(sock, fd, reader.frame)
@@ -320,7 +321,7 @@ async def _read_loop(sock: zmq.Socket[Any], fd: int, on_frame: Callable[[bytes],
                 batch = 0
                 await trio.lowlevel.checkpoint()
         # An edge may have come and gone while we drained: ask once more.
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             await trio.lowlevel.checkpoint()
             continue
         await trio.lowlevel.wait_readable(fd)
