@@ -7,7 +7,8 @@ endpoint and turns each frame into exactly one of these ends, each counted in
 duplicates + shed + handler_errors`` always holds:
 
 * ``bad``: the frame does not decode (logged, rate-limited; never fatal);
-* ``shed``: the dispatcher is full (``overloaded()`` is true): the message is
+* ``shed``: the dispatcher or the dispatch queue is full (``overloaded()`` is
+  true): the message is
   given to ``on_discard(msg, "overloaded")`` at once, without a task, so the
   reader keeps draining the socket faster than messages arrive and never
   falls behind their time to live;
