@@ -83,7 +83,7 @@ class Settings:
     debug_hpack: bool = False
     # Issue 13: worker processes (0: one per core) and the HTTP/1.1 server.
     workers: int = 1
-    http_server: str = "hypercorn"  # or fast (httptools, plain TCP; see README)
+    http_server: str = "fast"  # or hypercorn (see README)
     applications_file: Path = Path("applications.ini")
     credentials_folder: Path = Path("credentials")
     extra_applications_dir: Path | None = None
@@ -137,7 +137,7 @@ debug_hpack = boolean(default=False)
 bearer_tokens_file = string(default='')
 memory_budget_mb = integer(min=32, max=65536, default=160)
 workers = integer(min=0, max=64, default=1)
-http_server = option('fast', 'hypercorn', default='hypercorn')
+http_server = option('fast', 'hypercorn', default='fast')
 
 [applications]
 config_file = string(default='applications.ini')

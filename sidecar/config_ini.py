@@ -26,7 +26,7 @@ import configparser
 import difflib
 import re
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 # A value that looks like "value ; comment" or "value # comment".
 _INLINE_COMMENT = re.compile(r"\s[;#]")

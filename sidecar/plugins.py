@@ -13,7 +13,7 @@ import inspect
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class PluginError(Exception):

@@ -18,7 +18,8 @@ import argparse
 import json
 import sys
 import uuid
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 from urllib.parse import quote
 
 import httpx

@@ -39,7 +39,7 @@ async def open_http2_connection(
     """
     authority = host if port == 443 else f"{host}:{port}"
     options.setdefault("name", authority)
-    tls_stream: trio.SSLStream[trio.SocketStream] | None = None
+    tls_stream: trio.SSLStream[SendLatch] | None = None
     connection: Http2Connection | None = None
     try:
         with trio.fail_after(connect_timeout):

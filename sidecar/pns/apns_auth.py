@@ -27,7 +27,9 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from contextlib import AbstractContextManager
+from typing import Any
+from collections.abc import Callable
 
 import jwt
 import trio
@@ -99,7 +101,7 @@ class ApnsJwtProvider:
         stored: tuple[str, int] | None = None,
         on_renew: Callable[[str, int], None] | None = None,
         shared: Callable[[], tuple[str, int] | None] | None = None,
-        lock: Callable[[], ContextManager[None]] | None = None,
+        lock: Callable[[], AbstractContextManager[None]] | None = None,
     ):
         if not MIN_MAX_AGE <= max_age < MAX_MAX_AGE:
             raise ValueError(f"max_age must be between {MIN_MAX_AGE:.0f} and {MAX_MAX_AGE:.0f} seconds")
@@ -266,7 +268,7 @@ class TokenFile:
     def __init__(self, path: Path):
         self.path = path
 
-    def lock(self) -> ContextManager[None]:
+    def lock(self) -> AbstractContextManager[None]:
         """An exclusive lock between the processes sharing this file (workers)."""
         from .shared_tokens import file_lock
 

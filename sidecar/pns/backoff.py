@@ -7,7 +7,7 @@ tests all share one rule, and tests can pin the randomness.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 
 def backoff_delay(

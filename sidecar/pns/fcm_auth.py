@@ -39,7 +39,8 @@ import math
 import ssl
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -364,7 +365,7 @@ class OAuthTokenCache:
                 from .shared_tokens import SharedOAuthFetch
 
                 entry = f"{account.client_email}/{account.private_key_id or '-'}@{account.token_uri}"
-                fetch = SharedOAuthFetch(self._shared_dir, entry, fetch, wall_clock=self._wall_clock)  # type: ignore[assignment]
+                fetch = SharedOAuthFetch(self._shared_dir, entry, fetch, wall_clock=self._wall_clock)
 
             provider = OAuthTokenProvider(fetch, name=account.client_email, account=account)
             self._providers[cache_key] = provider

@@ -22,7 +22,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 

@@ -35,7 +35,7 @@ def silent_from_text(value: object) -> bool:
     return bool(value)
 
 
-def record_row(record: DeviceRecord) -> tuple:
+def record_row(record: DeviceRecord) -> tuple[object, ...]:
     """The record as a row of Sylk's columns, in the order both stores use:
     username, domain, device_id, app_id, background_token, device_token,
     platform, silent, user_agent."""

@@ -79,7 +79,7 @@ def check_identifier(name: str, what: str) -> str:
 def consistency_level(name: str) -> int:
     """Map a name such as ``LOCAL_QUORUM`` to the driver's constant."""
     try:
-        return ConsistencyLevel.name_to_value[name.strip().upper()]
+        return int(ConsistencyLevel.name_to_value[name.strip().upper()])
     except KeyError:
         known = ", ".join(sorted(ConsistencyLevel.name_to_value))
         raise ValueError(f"unknown Cassandra consistency {name!r} (one of {known})") from None

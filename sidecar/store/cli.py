@@ -134,10 +134,10 @@ def replication_options(
     cls = replication_class or "SimpleStrategy"
     if cls == "NetworkTopologyStrategy":
         raise _UsageError("NetworkTopologyStrategy needs at least one --datacenter NAME:RF")
-    factor = 1 if replication_factor is None else replication_factor
-    if factor < 1:
+    replicas = 1 if replication_factor is None else replication_factor
+    if replicas < 1:
         raise _UsageError("--replication-factor must be at least 1")
-    return {"class": cls, "replication_factor": factor}
+    return {"class": cls, "replication_factor": replicas}
 
 
 def _with_settings(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from ..observe.metrics import Metrics
 from .base import DeviceRecord, TokenStore
+
+T = TypeVar("T")
 
 
 class InstrumentedStore(TokenStore):
@@ -17,7 +20,7 @@ class InstrumentedStore(TokenStore):
         self._metrics = metrics
         self._backend = backend
 
-    async def _counted(self, operation: str, call: Any) -> Any:
+    async def _counted(self, operation: str, call: Awaitable[T]) -> T:
         try:
             result = await call
         except Exception:

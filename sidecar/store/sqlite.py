@@ -30,7 +30,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -185,7 +185,7 @@ class SqliteTokenStore(TokenStore):
             raise StoreUnavailable(f"token store {self.path}: {exc}") from exc
 
 
-def _record_from_row(row: tuple) -> DeviceRecord:
+def _record_from_row(row: tuple[Any, ...]) -> DeviceRecord:
     (username, domain, device_id, app_id, background_token, device_token,
      platform, silent, user_agent) = row
     return DeviceRecord(

@@ -43,7 +43,7 @@ class UnsafePickleError(ValueError):
     """The pickle asks for something other than plain data."""
 
 
-def _sylk_defaultdict(*args: Any) -> collections.defaultdict:
+def _sylk_defaultdict(*args: Any) -> collections.defaultdict[Any, Any]:
     """What the pickle's ``collections.defaultdict`` name resolves to: the
     class itself, called by REDUCE with the default factory, which must be
     None (Sylk's ``defaultdict()``)."""

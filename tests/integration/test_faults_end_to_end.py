@@ -12,16 +12,33 @@ from __future__ import annotations
 
 import collections
 import re
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
+from sidecar.service import SidecarHandle
 from sidecar.sim.creds import SimCredentials
 from sidecar.sim.server import Simulator
 
+from sidecar_fixtures import running_sidecar, sidecar_config
+from test_daemon import set_server_options
 from test_goaway_end_to_end import call_body
 
 PUSHES = 300
+
+
+@pytest.fixture(params=["hypercorn", "fast"])
+async def sidecar(request: pytest.FixtureRequest, tmp_path: Path, sim: Simulator,
+                  sim_credentials: SimCredentials) -> AsyncIterator[SidecarHandle]:
+    """The sidecar on each HTTP server: how many streams are in flight at a cut
+    depends on how fast the ingress admits pushes."""
+    config_dir = sidecar_config(tmp_path, sim_credentials, sim.port)
+    set_server_options(config_dir, http_server=request.param)
+    async with running_sidecar(config_dir) as handle:
+        yield handle
 
 
 def metric(text: str, name: str) -> float:
@@ -62,8 +79,14 @@ async def test_cut_after_answer_delivers_read_answers_and_resends_unknown_once(
         if r["connection"] not in first_cut or r["stream"] < first_cut[r["connection"]]["stream"]:
             first_cut[r["connection"]] = r
     cut = {r["body"]["call-id"] for r in first_cut.values()}
-    # An answer that reached us before the cut is final: never resent.
-    assert all(seen[call_id] == 1 for call_id in cut), {c: seen[c] for c in cut}
+    # An answer that reached us before the cut is final: never resent.  That
+    # copy may itself be the resend of a push cut on an earlier connection (the
+    # faster the ingress, the more streams are in flight at each cut), so what
+    # holds is that no copy was sent after it.
+    last_copy = {r["body"]["call-id"]: r["seq"] for r in sorted(records, key=lambda r: r["seq"])}
+    resent_after_answer = {r["body"]["call-id"]: seen[r["body"]["call-id"]]
+                           for r in first_cut.values() if last_copy[r["body"]["call-id"]] != r["seq"]}
+    assert not resent_after_answer, resent_after_answer
     assert all(answers[call_id] == 200 for call_id in cut), {c: answers[c] for c in cut}
     # Only pushes resent for an unknown fate were seen twice, and none more.
     metrics = (await client.get("/metrics")).text

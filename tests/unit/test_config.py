@@ -140,9 +140,9 @@ def test_missing_general_ini(tmp_path: Path) -> None:
 
 def test_workers_and_http_server_options(tmp_path: Path) -> None:
     defaults = load_settings(write_config(tmp_path, "", APPLE_APP))
-    assert (defaults.workers, defaults.http_server) == (1, "hypercorn")
-    chosen = load_settings(write_config(tmp_path, "[server]\nworkers = 0\nhttp_server = fast\n", APPLE_APP))
-    assert (chosen.workers, chosen.http_server) == (0, "fast")
+    assert (defaults.workers, defaults.http_server) == (1, "fast")
+    chosen = load_settings(write_config(tmp_path, "[server]\nworkers = 0\nhttp_server = hypercorn\n", APPLE_APP))
+    assert (chosen.workers, chosen.http_server) == (0, "hypercorn")
     for bad, option in (("workers = -1", "workers"), ("workers = many", "workers"),
                         ("http_server = nginx", "http_server")):
         problems = problems_of(write_config(tmp_path, f"[server]\n{bad}\n", APPLE_APP))
