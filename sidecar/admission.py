@@ -17,6 +17,7 @@ came through; below every ingress.  Two steps:
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 from typing import Any
 from collections.abc import Mapping
@@ -45,8 +46,10 @@ STRING_FIELDS = tuple(
 ) + ("user-agent",)
 BOOL_FIELDS = tuple(f.metadata["json"] for f in _REQUEST_FIELDS if f.metadata.get("kind") is bool)
 INT_FIELDS = tuple(f.metadata["json"] for f in _REQUEST_FIELDS if f.metadata.get("kind") is int)
-_TEXT_ATTRIBUTES = tuple((f.name, f.metadata["json"]) for f in _REQUEST_FIELDS
-                         if f.metadata.get("kind") is str)
+_TEXT_KEYS = tuple(f.metadata["json"] for f in _REQUEST_FIELDS if f.metadata.get("kind") is str)
+_text_values = operator.attrgetter(*(f.name for f in _REQUEST_FIELDS if f.metadata.get("kind") is str))
+_REQUEST_NAMES = tuple(f.name for f in _REQUEST_FIELDS)
+_request_values = operator.attrgetter(*_REQUEST_NAMES)
 
 #: longest accepted value of a text field (characters); others: DEFAULT_MAX_LENGTH
 MAX_LENGTH = {
@@ -56,9 +59,12 @@ MAX_LENGTH = {
     "user-agent": 512,
 }
 DEFAULT_MAX_LENGTH = 1024
+_STRING_LIMITS = tuple((key, MAX_LENGTH.get(key, DEFAULT_MAX_LENGTH)) for key in STRING_FIELDS)
 
 #: fields every push needs, in the order they are reported when missing
 REQUIRED_FIELDS = ("app-id", "platform", "token", "call-id", "from")
+#: (JSON key, longest value) of the text fields of a request, in their order
+_TEXT_LIMITS = tuple((key, MAX_LENGTH.get(key, DEFAULT_MAX_LENGTH)) for key in _TEXT_KEYS)
 
 # pydantic v1's accepted spellings of booleans (what Sylk accepted).
 _TRUE_WORDS = frozenset({"1", "true", "on", "yes", "y", "t"})
@@ -87,13 +93,15 @@ def parse_json_fields(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise PushValidationError("Request body must be a JSON object", 400)
     fields: dict[str, Any] = {}
-    for key in STRING_FIELDS:
+    for key, limit in _STRING_LIMITS:
         value = body.get(key)
         if value is None:
             continue
         if not isinstance(value, str):
             raise PushValidationError(f"Field '{key}' must be a string", 400)
-        check_text(key, value)
+        # The usual value: short, printable ASCII; anything else is looked at closely.
+        if not (len(value) <= limit and value.isascii() and value.isprintable()):
+            check_text(key, value)
         fields[key] = value
     for key in BOOL_FIELDS:
         value = body.get(key)
@@ -146,9 +154,9 @@ _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 def check_request_text(request: PushRequest) -> None:
     """:func:`check_text` on every text field of ``request`` (named by its JSON key)."""
-    for name, key in _TEXT_ATTRIBUTES:
-        value = getattr(request, name)
-        if value is not None:
+    for (key, limit), value in zip(_TEXT_LIMITS, _text_values(request), strict=True):
+        # The usual value: short, printable ASCII; anything else is looked at closely.
+        if value is not None and not (len(value) <= limit and value.isascii() and value.isprintable()):
             check_text(key, value)
 
 
@@ -288,7 +296,7 @@ def admit(
         )
 
     life = life_left(event_name, checked.ttl, checked.sent_at, wall_now)
-    values = {f.name: getattr(checked, f.name) for f in _REQUEST_FIELDS}
+    values = dict(zip(_REQUEST_NAMES, _request_values(checked), strict=True))
     values.update(
         platform=platform,
         event=event,

@@ -20,6 +20,7 @@ stored device).
 from __future__ import annotations
 
 import dataclasses
+import operator
 import time
 from functools import partial
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ _NOT_COPIED = frozenset({"account", "silent", "sandbox", "from_display_name"})
 _SAME_NAME = tuple(
     f.name for f in dataclasses.fields(PushRequest) if f.name in WireMessage._fields and f.name not in _NOT_COPIED
 )
+_same_name_values = operator.attrgetter(*_SAME_NAME)
 
 Job = Callable[[], Awaitable[object]]
 
@@ -50,7 +52,7 @@ Job = Callable[[], Awaitable[object]]
 def request_from_wire(msg: WireMessage) -> PushRequest:
     """The push request a decoded message carries (``silent`` defaults to true on the wire)."""
     return PushRequest(
-        **{name: getattr(msg, name) for name in _SAME_NAME},
+        **dict(zip(_SAME_NAME, _same_name_values(msg), strict=True)),
         from_display_name=msg.display_name,
         silent=True if msg.silent is None else msg.silent,
         sandbox=msg.sandbox,
