@@ -273,3 +273,12 @@ def test_request_fields_reach_the_push_unchanged():
     values = {"filename": "f.png", "filetype": "image/png", "reason": "r", "account": "c@conf"}
     push, _, _ = build(dataclasses.replace(request_from_json(sylk_fields()), **values, sandbox=True))
     assert {k: getattr(push, k) for k in values} == values and push.sandbox is True
+
+
+def test_the_openapi_model_documents_every_json_field_of_the_request():
+    """The /docs model is written by hand: a new PushRequest field must be shown there too."""
+    from sidecar.admission import JSON_FIELDS
+    from sidecar.ingress.api_docs import PushRequestDoc
+
+    documented = {field.alias or name for name, field in PushRequestDoc.model_fields.items()}
+    assert documented == set(JSON_FIELDS)
