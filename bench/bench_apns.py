@@ -21,75 +21,28 @@ ceiling).  Each side runs in its own process, so CPU and peak RSS are its own.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import ssl
 import sys
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
+from collections.abc import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
 
-TOKEN = "0123456789abcdef" * 4
-WARMUP = 500
+TOKEN, WARMUP, measure = common.TOKEN, common.WARMUP, common.measure
 
 
 # -- workers (child processes) -------------------------------------------------------
 
 
-async def measure(send: Callable[[int], Awaitable[bool]], count: int, concurrency: int,
-                  timeout: float, **extra) -> dict:
-    """Warm up, then send ``count`` pushes with ``concurrency`` in flight (closed loop)."""
-    import trio
-
-    async def run(total: int, latencies: list[float]) -> int:
-        numbers = iter(range(total))
-        errors = 0
-
-        async def worker() -> None:
-            nonlocal errors
-            for i in numbers:
-                started = time.perf_counter()
-                ok = await send(i)
-                latencies.append(time.perf_counter() - started)
-                errors += not ok
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(min(concurrency, total)):
-                nursery.start_soon(worker)
-        return errors
-
-    with trio.fail_after(timeout):
-        await run(WARMUP, [])
-        latencies: list[float] = []
-        cpu_before, started = common.cpu_seconds(), time.perf_counter()
-        errors = await run(count, latencies)
-        elapsed, cpu = time.perf_counter() - started, common.cpu_seconds() - cpu_before
-    return common.worker_report(count, elapsed, cpu, latencies, errors, **extra)
-
-
 def sylk_push(app_id: str, i: int):
-    import trio
-
-    from sidecar.model import Event, Push
-
-    return Push(app_id=app_id, platform="apple", token=TOKEN, event=Event.INCOMING_SESSION,
-                call_id=f"bench-{i}@example.com", from_uri="sip:alice@example.com",
-                to_uri="sip:bob@example.com", deadline=trio.current_time() + 60,
-                expires_at=time.time() + 45, media_type="audio", from_display_name="Alice")
+    return common.bench_push(app_id, "apple", i)
 
 
 async def sidecar_worker(args: argparse.Namespace) -> dict:
-    import trio
-
-    from sidecar.apps.registry import load_app_types
     from sidecar.config import AppConfig
-    from sidecar.dispatch import Dispatcher
-    from sidecar.observe.metrics import Metrics
-    from sidecar.pns.registry import PushServices, builtin_factories
     from sidecar.sim.creds import load_credentials
 
     creds = load_credentials(args.creds_dir)
@@ -97,24 +50,11 @@ async def sidecar_worker(args: argparse.Namespace) -> dict:
                     platform="apple", apple_host="127.0.0.1", apple_port=args.port,
                     apple_key=creds.apns_key_file, key_id=creds.key_id, team_id=creds.team_id,
                     tls_ca_file=creds.ca_file)
-    app_type = load_app_types(None)["sylk"]
-    async with trio.open_nursery() as nursery:
-        services = PushServices(nursery, builtin_factories())
-        dispatcher = Dispatcher(services, metrics=Metrics())
-
-        async def send(i: int) -> bool:
-            outcome = await dispatcher.dispatch(sylk_push(app.app_id, i), app, app_type)
-            return outcome.ok
-
-        report = await measure(send, args.count, args.concurrency, args.timeout)
-        report["connections"] = services.statistics()[app.key].get("connects")
-        await services.aclose()
-        nursery.cancel_scope.cancel()
-    return report
+    return await common.dispatcher_worker(app, args.count, args.concurrency, args.timeout,
+                                          {"connections": "connects"})
 
 
 async def httpx_worker(args: argparse.Namespace) -> dict:
-    import httpx
 
     from sidecar.apps.registry import load_app_types
     from sidecar.sim.creds import load_credentials
@@ -125,20 +65,14 @@ async def httpx_worker(args: argparse.Namespace) -> dict:
     app_type = load_app_types(None)["sylk"]
     authorization = "bearer " + apns_provider_token(creds)
     url = f"https://127.0.0.1:{args.port}/3/device/{TOKEN}"
-    context = ssl.create_default_context(cafile=str(creds.ca_file))
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-    async with httpx.AsyncClient(http2=True, verify=context, timeout=60, limits=limits) as client:
+    async with common.httpx_client(creds.ca_file, args.concurrency) as client:
 
         async def send(i: int) -> bool:
             notification = app_type.build(sylk_push(app_id, i), "apple", time.time())
             headers = dict(notification.headers)
             headers["authorization"] = authorization
             body = json.dumps(notification.payload, separators=(",", ":"), ensure_ascii=False).encode()
-            try:
-                response = await client.post(url, content=body, headers=headers)
-            except httpx.HTTPError:
-                return False
-            return response.status_code == 200 and response.http_version == "HTTP/2"
+            return await common.httpx_post(client, url, body, headers)
 
         return await measure(send, args.count, args.concurrency, args.timeout)
 
@@ -187,16 +121,9 @@ def compare(args: argparse.Namespace, title: str, port: int, creds_dir: Path,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=20_000, help="timed pushes per side (after %d of warm-up)" % WARMUP)
-    parser.add_argument("--concurrency", type=int, default=500, help="pushes in flight")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the comparison")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per side")
+    parser = common.push_arguments(__doc__, WORKERS)
     parser.add_argument("--servers", default="sim,nginx", help="comma-separated: sim, nginx")
     parser.add_argument("--sides", default="sidecar,httpx", help=argparse.SUPPRESS)
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--creds-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker_main(args)

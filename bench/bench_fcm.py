@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
 import sys
 import time
 from pathlib import Path
@@ -25,18 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
-from bench.bench_apns import TOKEN, WARMUP, measure  # noqa: E402
+from bench.common import TOKEN, measure  # noqa: E402
 
 
 def fcm_push(app_id: str, i: int):
-    import trio
-
-    from sidecar.model import Event, Push
-
-    return Push(app_id=app_id, platform="firebase", token=TOKEN, event=Event.INCOMING_SESSION,
-                call_id=f"bench-{i}@example.com", from_uri="sip:alice@example.com",
-                to_uri="sip:bob@example.com", deadline=trio.current_time() + 60,
-                expires_at=time.time() + 45, media_type="audio", from_display_name="Alice")
+    return common.bench_push(app_id, "firebase", i)
 
 
 def send_url(creds, port: int) -> str:
@@ -44,39 +36,18 @@ def send_url(creds, port: int) -> str:
 
 
 async def sidecar_worker(args: argparse.Namespace) -> dict:
-    import trio
-
-    from sidecar.apps.registry import load_app_types
     from sidecar.config import AppConfig
-    from sidecar.dispatch import Dispatcher
-    from sidecar.observe.metrics import Metrics
-    from sidecar.pns.registry import PushServices, builtin_factories
     from sidecar.sim.creds import load_credentials
 
     creds = load_credentials(args.creds_dir)
     app = AppConfig(section="bench-firebase", app_id=f"{creds.token_bundle_id}.prod", app_type="sylk",
                     platform="firebase", firebase_push_url=send_url(creds, args.port),
                     firebase_authorization_file=creds.service_account_file, tls_ca_file=creds.ca_file)
-    app_type = load_app_types(None)["sylk"]
-    async with trio.open_nursery() as nursery:
-        services = PushServices(nursery, builtin_factories())
-        dispatcher = Dispatcher(services, metrics=Metrics())
-
-        async def send(i: int) -> bool:
-            outcome = await dispatcher.dispatch(fcm_push(app.app_id, i), app, app_type)
-            return outcome.ok
-
-        report = await measure(send, args.count, args.concurrency, args.timeout)
-        stats = services.statistics()[app.key]
-        report["connections"] = stats.get("connects")
-        report["oauth_fetches"] = stats.get("oauth_fetches")
-        await services.aclose()
-        nursery.cancel_scope.cancel()
-    return report
+    return await common.dispatcher_worker(app, args.count, args.concurrency, args.timeout,
+                                          {"connections": "connects", "oauth_fetches": "oauth_fetches"})
 
 
 async def httpx_worker(args: argparse.Namespace) -> dict:
-    import httpx
 
     from sidecar.apps.registry import load_app_types
     from sidecar.sim.creds import load_credentials
@@ -87,9 +58,7 @@ async def httpx_worker(args: argparse.Namespace) -> dict:
     app_type = load_app_types(None)["sylk"]
     url = send_url(creds, args.port)
     token_uri = creds.service_account()["token_uri"]
-    context = ssl.create_default_context(cafile=str(creds.ca_file))
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-    async with httpx.AsyncClient(http2=True, verify=context, timeout=60, limits=limits) as client:
+    async with common.httpx_client(creds.ca_file, args.concurrency) as client:
         granted = await client.post(token_uri, data=oauth_form(oauth_assertion(creds, token_uri)))
         granted.raise_for_status()
         authorization = "Bearer " + granted.json()["access_token"]
@@ -100,11 +69,7 @@ async def httpx_worker(args: argparse.Namespace) -> dict:
             payload = dict(notification.payload)
             payload["message"] = {**payload["message"], "token": TOKEN}
             body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-            try:
-                response = await client.post(url, content=body, headers=headers)
-            except httpx.HTTPError:
-                return False
-            return response.status_code == 200 and response.http_version == "HTTP/2"
+            return await common.httpx_post(client, url, body, headers)
 
         return await measure(send, args.count, args.concurrency, args.timeout)
 
@@ -113,14 +78,7 @@ WORKERS = {"sidecar": sidecar_worker, "httpx": httpx_worker}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=20_000, help="timed pushes per side (after %d of warm-up)" % WARMUP)
-    parser.add_argument("--concurrency", type=int, default=500, help="pushes in flight")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the comparison")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per side")
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--creds-dir", type=Path, help=argparse.SUPPRESS)
+    parser = common.push_arguments(__doc__, WORKERS)
     args = parser.parse_args()
     if args.worker:
         import trio

@@ -60,7 +60,8 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -332,7 +333,7 @@ class Window:
         elapsed = time.perf_counter() - self.t0
         server = tree_cpu(self.server_pid) - self.server0
         sim = tree_cpu(self.sim_pid) - self.sim0
-        busy, total = (now - then for now, then in zip(machine_busy(), self.machine0))
+        busy, total = (now - then for now, then in zip(machine_busy(), self.machine0, strict=True))
         return {
             "elapsed": elapsed, "cpu_us_per_push": server / delivered * 1e6 if delivered else float("nan"),
             "self_cpu_pct": 100 * server / elapsed, "server_cpu_pct": 100 * sim / elapsed,
@@ -627,7 +628,8 @@ def main() -> None:
     print(f"side by side: gorush {GORUSH_VERSION} vs pushsidecar; {args.duration:g} s per shape after "
           f"{WARMUP_SECONDS} s of warm-up; wrk 1 thread, {args.connections} connections "
           f"({connections_for(100, args)} for 100 tokens per request); ZeroMQ window "
-          f"{args.window} pushes; gorush worker_num {args.connections}; one simulator on {args.sim_ip}:443; {os.cpu_count()} cores "
+          f"{args.window} pushes; gorush worker_num {args.connections}; one simulator on {args.sim_ip}:443; "
+          f"{os.cpu_count()} cores "
           f"(load average {os.getloadavg()[0]:.1f} before the run)")
     print("pushes/s = 200 answers counted by the simulator; cpu us/push = the measured server "
           "(all its processes); server cpu % = the simulator")
@@ -684,7 +686,7 @@ def main() -> None:
                 base_reports = collected[delay].get("gorush x1", [])
                 for label, reports in collected[delay].items():
                     ratios[label] = [(r["rate"] / b["rate"], r["cpu_us_per_push"] / b["cpu_us_per_push"])
-                                     for r, b in zip(reports, base_reports) if b.get("rate")]
+                                     for r, b in zip(reports, base_reports, strict=False) if b.get("rate")]
                 found = [c for c in ceilings.get(delay, []) if "rate" in c]
                 ceiling = median_report(found) if found else {}
                 title = (f"APNs delay {delay:g} ms" if delay != NGINX

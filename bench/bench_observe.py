@@ -26,13 +26,11 @@ import argparse
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
-from bench.bench_apns import TOKEN, sylk_push  # noqa: E402
 
 CONFIGS = ("quiet", "info", "debug", "no-metrics")
 
@@ -74,7 +72,6 @@ class OneService:
 async def run_config(config: str, dispatcher_args: dict, count: int, concurrency: int,
                      log_file: Path, devnull) -> float:
     """CPU µs per push of ``count`` pushes under ``config``."""
-    import trio
 
     from sidecar.dispatch import Dispatcher
     from sidecar.observe.log import setup_logging
@@ -89,20 +86,14 @@ async def run_config(config: str, dispatcher_args: dict, count: int, concurrency
     metrics = NoopMetrics() if config == "no-metrics" else Metrics()
     dispatcher = Dispatcher(dispatcher_args["services"], metrics=metrics)
     app, app_type = dispatcher_args["app"], dispatcher_args["app_type"]
-    numbers = iter(range(count))
-    failures = 0
 
-    async def worker() -> None:
-        nonlocal failures
-        for i in numbers:
-            outcome = await dispatcher.dispatch(sylk_push(app.app_id, i), app, app_type)
-            failures += not outcome.ok
+    async def send(i: int) -> bool:
+        outcome = await dispatcher.dispatch(common.bench_push(app.app_id, "apple", i), app, app_type)
+        return bool(outcome.ok)
 
     try:
         before = common.cpu_seconds()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(worker)
+        failures = await common.closed_loop(send, count, concurrency, [])
         cpu = common.cpu_seconds() - before
     finally:
         if handle is not None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -51,6 +50,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+sys.path.insert(0, str(ROOT))
+
+from bench import common  # noqa: E402
 from proxy_fixtures import (  # noqa: E402
     PROXIES, SIPP, SIPP_DIR, Proxy, _tool, free_udp_port, opensips_prefix, start_kamailio, start_opensips,
 )
@@ -87,13 +89,7 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        common.stop_process(self.process, timeout=15)
 
 
 def wait_for(predicate, timeout: float, what: str, proc: Proc | None = None) -> None:

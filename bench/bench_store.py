@@ -30,7 +30,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,12 +37,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import trio
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import common  # noqa: E402
+
 PUSHSIDECAR = Path(sys.executable).with_name("pushsidecar")
 CASSANDRA_SCRIPT = REPO / ".ci" / "cassandra.sh"
 ACCOUNTS = 1_000
@@ -82,7 +85,7 @@ def print_table(results: list[Result], skipped: list[str]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     for n, row in enumerate(rows):
         print("  ".join(cell.rjust(w) if i > 1 else cell.ljust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths))))
+                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
         if n == 0:
             print("  ".join("-" * w for w in widths))
     for reason in skipped:
@@ -101,22 +104,8 @@ async def run_bounded(
     returns False for a failed call.
     """
     latencies: list[float] = []
-    failures = 0
-    numbers = iter(range(count))
     started = time.perf_counter()
-
-    async def worker() -> None:
-        nonlocal failures
-        for i in numbers:
-            t0 = time.perf_counter()
-            ok = await operation(i)
-            latencies.append(time.perf_counter() - t0)
-            failures += not ok
-
-    with trio.move_on_after(max_seconds):
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(worker)
+    failures = await common.closed_loop(operation, count, concurrency, latencies, max_seconds)
     return len(latencies), time.perf_counter() - started, latencies, failures
 
 
@@ -156,12 +145,6 @@ async def bench_lookups(backend: str, store, args: argparse.Namespace) -> Result
 # -- processes -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def stop_process(process: trio.Process) -> None:
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
@@ -195,7 +178,7 @@ async def start_simulator(folder: Path) -> tuple[trio.Process, Path]:
 async def start_sidecar(config_dir: Path, log: Path) -> tuple[trio.Process, str]:
     """The daemon on a free port (retried if the port was taken meanwhile)."""
     for _ in range(5):
-        port = free_port()
+        port = common.free_port()
         with log.open("ab") as out:
             process = await trio.lowlevel.open_process(
                 [str(PUSHSIDECAR), "--config-dir", str(config_dir), "--port", str(port)],

@@ -27,11 +27,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+#: the device token of every benchmark push
+TOKEN = "0123456789abcdef" * 4
+#: pushes sent before timing starts (connections, JIT-free caches, JWT/OAuth)
+WARMUP = 500
 
 
 # -- statistics -----------------------------------------------------------------------
@@ -386,3 +393,139 @@ def print_table(title: str, rows: list[tuple[str, dict[str, Any]]], *,
         print(f"ratio {ratio[0]} / {ratio[1]}: throughput x{sut['rate'] / base['rate']:.2f}, "
               f"cpu/push x{sut['cpu_us_per_push'] / base['cpu_us_per_push']:.2f}")
     sys.stdout.flush()
+
+
+# -- closed-loop load ------------------------------------------------------------------
+
+
+def push_arguments(doc: str, workers: Sequence[str]) -> Any:
+    """The argument parser of a sidecar-vs-httpx sending benchmark (bench_apns, bench_fcm):
+    its options, and the hidden ones of its worker processes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=20_000,
+                        help="timed pushes per side (after %d of warm-up)" % WARMUP)
+    parser.add_argument("--concurrency", type=int, default=500, help="pushes in flight")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the comparison")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per side")
+    parser.add_argument("--worker", choices=sorted(workers), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--creds-dir", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+
+async def closed_loop(operation: Callable[[int], Awaitable[bool]], count: int, concurrency: int,
+                      latencies: list[float], max_seconds: float = math.inf) -> int:
+    """Call ``operation(0..count-1)`` from ``concurrency`` tasks, each waiting for its
+    last call before the next; each call's seconds go to ``latencies``.  Stops
+    after ``max_seconds`` (the calls then done are in ``latencies``).
+
+    Returns the number of calls that returned False.
+    """
+    import trio
+
+    numbers = iter(range(count))
+    failures = 0
+
+    async def worker() -> None:
+        nonlocal failures
+        for i in numbers:
+            started = time.perf_counter()
+            ok = await operation(i)
+            latencies.append(time.perf_counter() - started)
+            failures += not ok
+
+    with trio.move_on_after(max_seconds):
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(concurrency, count)):
+                nursery.start_soon(worker)
+    return failures
+
+
+async def measure(send: Callable[[int], Awaitable[bool]], count: int, concurrency: int,
+                  timeout: float, **extra: Any) -> dict[str, Any]:
+    """Warm up, then send ``count`` pushes with ``concurrency`` in flight (closed loop):
+    the :func:`worker_report` of the timed part."""
+    import trio
+
+    with trio.fail_after(timeout):
+        await closed_loop(send, WARMUP, concurrency, [])
+        latencies: list[float] = []
+        cpu_before, started = cpu_seconds(), time.perf_counter()
+        errors = await closed_loop(send, count, concurrency, latencies)
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu_before
+    return worker_report(count, elapsed, cpu, latencies, errors, **extra)
+
+
+# -- the sidecar's own sending path ---------------------------------------------------
+
+
+def bench_push(app_id: str, platform: str, i: int) -> Any:
+    """The ``i``-th benchmark push: an incoming audio call to :data:`TOKEN`."""
+    import trio
+
+    from sidecar.model import Event, Push
+
+    return Push(app_id=app_id, platform=platform, token=TOKEN, event=Event.INCOMING_SESSION,
+                call_id=f"bench-{i}@example.com", from_uri="sip:alice@example.com",
+                to_uri="sip:bob@example.com", deadline=trio.current_time() + 60,
+                expires_at=time.time() + 45, media_type="audio", from_display_name="Alice")
+
+
+async def dispatcher_worker(app: Any, count: int, concurrency: int, timeout: float,
+                            statistics: dict[str, str]) -> dict[str, Any]:
+    """:func:`measure` pushes of the Sylk app type through the real Dispatcher and
+    push services for ``app`` (an AppConfig); ``statistics``: report key -> the
+    service statistic to add to the report after the run."""
+    import trio
+
+    from sidecar.apps.registry import load_app_types
+    from sidecar.dispatch import Dispatcher
+    from sidecar.observe.metrics import Metrics
+    from sidecar.pns.registry import PushServices, builtin_factories
+
+    app_type = load_app_types(None)["sylk"]
+    async with trio.open_nursery() as nursery:
+        services = PushServices(nursery, builtin_factories())
+        services.apply({app.key: app})  # as the daemon puts its applications in force
+        dispatcher = Dispatcher(services, metrics=Metrics())
+
+        async def send(i: int) -> bool:
+            outcome = await dispatcher.dispatch(bench_push(app.app_id, app.platform, i), app, app_type)
+            return bool(outcome.ok)
+
+        report = await measure(send, count, concurrency, timeout)
+        stats = services.statistics()[app.key]
+        report.update({key: stats.get(name) for key, name in statistics.items()})
+        await services.aclose()
+        nursery.cancel_scope.cancel()
+    return report
+
+
+# -- the baseline: httpx -------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def httpx_client(ca_file: Path, concurrency: int) -> Any:
+    """An ``httpx.AsyncClient(http2=True)`` trusting the simulator, ``concurrency`` connections at most."""
+    import ssl
+
+    import httpx
+
+    context = ssl.create_default_context(cafile=str(ca_file))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(http2=True, verify=context, timeout=60, limits=limits) as client:
+        yield client
+
+
+async def httpx_post(client: Any, url: str, body: bytes, headers: dict[str, str]) -> bool:
+    """POST one push with the baseline client: True for a 200 over HTTP/2."""
+    import httpx
+
+    try:
+        response = await client.post(url, content=body, headers=headers)
+    except httpx.HTTPError:
+        return False
+    return bool(response.status_code == 200 and response.http_version == "HTTP/2")

@@ -35,13 +35,11 @@ not delivered later.  Every method returns an int and catches everything: a
 Python error left pending in a worker breaks its next ``python_exec``.
 
 Only the standard library, ``zmq`` and ``msgpack`` are imported (Kamailio
-embeds Debian's Python).  The message format and the contact parsing come
-from the sidecar's own ``sidecar/wire.py``, found in this order:
-
-1. ``$PUSHSIDECAR_WIRE`` (the file, or the folder holding it);
-2. ``pushsidecar_wire.py`` next to this script (a symlink to wire.py);
-3. ``../sidecar/wire.py`` relative to this script (a source checkout);
-4. ``import sidecar.wire`` (the package installed for Debian's python3).
+embeds Debian's Python).  What this script shares with the OpenSIPS one
+(finding the sidecar's ``sidecar/wire.py``, which defines the message format
+and the contact parsing; the sender; the cancel pushes) is
+``pushsidecar_proxy.py``, next to this file: app_python3 puts this file's
+folder first on ``sys.path``.
 
 The endpoint, queue size, wait and CURVE key files are the config's
 ``PUSHSIDECAR_ENDPOINT``, ``PUSHSIDECAR_SNDHWM``, ``PS_WAIT_MS``,
@@ -54,38 +52,16 @@ through ``$def``).
 handler pays nothing for it.
 """
 
-import importlib.util
 import os
 import re
-import sys
 import time
 
 import msgpack
+import pushsidecar_proxy as proxy  # next to this file (see above)
 
 import KSR  # provided by app_python3
 
-
-def _load_wire():
-    here = os.path.dirname(os.path.abspath(__file__))
-    candidates = []
-    given = os.environ.get("PUSHSIDECAR_WIRE")
-    if given:
-        candidates.append(given if given.endswith(".py") else os.path.join(given, "wire.py"))
-    candidates.append(os.path.join(here, "pushsidecar_wire.py"))
-    candidates.append(os.path.join(here, os.pardir, "sidecar", "wire.py"))
-    for path in candidates:
-        if os.path.isfile(path):
-            spec = importlib.util.spec_from_file_location("pushsidecar_wire", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["pushsidecar_wire"] = module
-            spec.loader.exec_module(module)
-            return module
-    from sidecar import wire  # installed package
-
-    return wire
-
-
-wire = _load_wire()
+wire = proxy.wire
 uri_params = wire.uri_params
 push_target = wire.push_target
 
@@ -109,13 +85,7 @@ def media_type(body):
     return "audio"
 
 
-def _display_name(value):
-    if not value:
-        return None
-    value = value.strip().strip('"').strip()
-    return value or None
-
-
+_display_name = proxy.display_name
 _get = KSR.pv.get  # bound once: no attribute lookups per value
 _now = time.time
 _pack = msgpack.Packer(use_bin_type=True).pack  # as wire.py packs
@@ -145,15 +115,13 @@ def _pv(name):
 PREPARE_PVS = ("$ulc(callee=>count)", "$ulc(callee=>addr)", "$ci", "$fu", "$tu", "$fn")
 FIELD_SEP = "\x1f"  # a control character: not in a SIP URI, Call-ID or display name
 CONTACT_SEP = "\x1e"  # between the pushed contacts kept in $var(ps_pushed)
-_NULL = "<null>"  # how Kamailio prints a variable without a value
+_NULL = proxy.NULL  # how Kamailio prints a variable without a value
 _UNREAD = object()  # the SDP of this INVITE was not read yet
 
 #: Keys of wire.py's format filled per call; the rest of a frame depends on
 #: the contact (and the wait) only.
 _CALL_KEYS = ("ci", "f", "t", "ts", "dn", "mt")
 _CACHE_MAX = 4096  # contacts remembered per worker; emptied when full
-#: A SIP MESSAGE's text travels in the push: APNs takes 4 KB in all.
-MAX_MESSAGE_TEXT = 2000
 DEFAULT_WAIT_MS = 30000
 DEFAULT_CONTACT_MAX = 1024  # Kamailio's MAX_URI_SIZE: a longer URI cannot be relayed
 
@@ -280,18 +248,13 @@ class PushSidecar:
     def _sender(self):
         sender = self.sender
         if sender is None:
-            endpoint = _pv("$def(PUSHSIDECAR_ENDPOINT)") or None
             # child_init drops a sender inherited through fork(), so the
-            # per-send pid check (a system call) is not needed here.  With
-            # immediate, nothing is queued while the sidecar is away: a push
-            # sent after the call ended would ring for nothing.
-            sender = self.sender = wire.Sender(
-                endpoint, sndhwm=_def_int("PUSHSIDECAR_SNDHWM", 10000) or None,
-                log=lambda text: KSR.warn(text + "\n"), check_pid=False, immediate=True,
-                curve_server_key=_pv("$def(PUSHSIDECAR_CURVE_SERVER_KEY)") or None,
-                curve_client_key=_pv("$def(PUSHSIDECAR_CURVE_CLIENT_KEY)") or None,
+            # per-send pid check (a system call) is not needed here.
+            sender = self.sender = proxy.connect_sender(
+                _pv("$def(PUSHSIDECAR_ENDPOINT)"), _pv("$def(PUSHSIDECAR_CURVE_SERVER_KEY)"),
+                _pv("$def(PUSHSIDECAR_CURVE_CLIENT_KEY)"), lambda text: KSR.warn(text + "\n"),
+                sndhwm=_def_int("PUSHSIDECAR_SNDHWM", 10000) or None, check_pid=False,
             )
-            sender.connect()
         return sender
 
     def _ttl(self):
@@ -404,9 +367,7 @@ class PushSidecar:
 
     def message_prepare(self, msg, arg=None):
         try:
-            text = _pv("$rb") or ""
-            if len(text) > MAX_MESSAGE_TEXT:
-                text = text[:MAX_MESSAGE_TEXT - 1] + "\u2026"
+            text = proxy.message_text(_pv("$rb"))
             content_type = (_pv("$cT") or "text/plain").strip()
 
             def frame(template, contact, fields):
@@ -451,18 +412,10 @@ class PushSidecar:
             reason, answered, pushed = ((arg or "").split(FIELD_SEP, 2) + ["", ""])[:3]
             if not pushed or pushed == _NULL:
                 return -1
-            call_id, from_uri, to_uri = _pv("$ci"), _pv("$fu"), _pv("$tu")
-            answered = wire.strip_pn_params(answered) if answered and answered != _NULL else None
             sender = self._sender()
             sent = 0
-            for contact in pushed.split(CONTACT_SEP):
-                if not contact or wire.strip_pn_params(contact) == answered:
-                    continue
-                target = push_target(uri_params(contact))
-                if target is None:
-                    continue
-                frame = wire.encode_direct("cancel", call_id, from_uri, to_uri,
-                                           reason=reason or "cancelled", **target)
+            for frame in proxy.cancel_frames(pushed.split(CONTACT_SEP), answered, _pv("$ci"), _pv("$fu"),
+                                             _pv("$tu"), reason, lambda text: KSR.err("pushsidecar: %s\n" % text)):
                 if sender.send(frame):
                     sent += 1
             return 1 if sent else -1
@@ -480,7 +433,7 @@ def _fetch_fields(fields):
     """
     if len(fields) != len(PREPARE_PVS):
         return [_pv(name) for name in PREPARE_PVS]
-    return [_pv(name) if value == _NULL else value for name, value in zip(PREPARE_PVS, fields)]
+    return [_pv(name) if value == _NULL else value for name, value in zip(PREPARE_PVS, fields, strict=True)]
 
 
 def mod_init():

@@ -26,51 +26,26 @@ says when each method runs):
 
 Every method returns an int (None breaks the NEXT python_exec of the
 process) and catches everything.  The file must keep a name of its own (the
-module imports it by its base name).  The message format and the contact
-parsing come from the sidecar's ``sidecar/wire.py``, found as the Kamailio
-script finds it: ``$PUSHSIDECAR_WIRE``, ``pushsidecar_wire.py`` next to this
-file, ``../sidecar/wire.py``, or the installed ``sidecar`` package.  The
-endpoint is the config's ``$shv(ps_endpoint)`` (else ``$PUSHSIDECAR_ENDPOINT``,
+module imports it by its base name).  What this script shares with the
+Kamailio one (finding the sidecar's ``sidecar/wire.py``, which defines the
+message format and the contact parsing; the sender; the cancel pushes) is
+``pushsidecar_proxy.py``, next to this file: the module puts this file's
+folder first on ``sys.path``.  The endpoint is the config's ``$shv(ps_endpoint)`` (else ``$PUSHSIDECAR_ENDPOINT``,
 else ``ipc:///run/pushsidecar/push.sock``); CURVE key files
 ``$shv(ps_curve_server_key)`` and ``$shv(ps_curve_client_key)``.
 """
 
-import importlib.util
 import os
-import sys
 
+import pushsidecar_proxy as proxy  # next to this file (see above)
 from OpenSIPS import LM_ERR  # the only logging function the module offers
 
-
-def _load_wire():
-    here = os.path.dirname(os.path.abspath(__file__))
-    candidates = []
-    given = os.environ.get("PUSHSIDECAR_WIRE")
-    if given:
-        candidates.append(given if given.endswith(".py") else os.path.join(given, "wire.py"))
-    candidates.append(os.path.join(here, "pushsidecar_wire.py"))
-    candidates.append(os.path.join(here, os.pardir, "sidecar", "wire.py"))
-    for path in candidates:
-        if os.path.isfile(path):
-            spec = importlib.util.spec_from_file_location("pushsidecar_wire", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["pushsidecar_wire"] = module
-            spec.loader.exec_module(module)
-            return module
-    from sidecar import wire  # installed package
-
-    return wire
-
-
-wire = _load_wire()
-
-NULL = "<null>"  # what get_pseudoVar and argument expansion give for an unset variable
+wire = proxy.wire
+_value = proxy.value  # None for what get_pseudoVar and argument expansion give for an unset variable
 
 # $avp(reason) of E_UL_CONTACT_REFRESH -> our event; others ("reg-refresh",
 # "ini-SUBSCRIBE", mid-dialog requests) have no Sylk event and are skipped.
 REASON_EVENTS = {"ini-INVITE": "incoming_session", "ini-MESSAGE": "message"}
-#: A SIP MESSAGE's text travels in the push: APNs takes 4 KB in all.
-MAX_MESSAGE_TEXT = 2000
 #: How long a process's first push may wait for its new socket to connect.
 CONNECT_WAIT_MS = 50
 
@@ -84,12 +59,6 @@ def _log_raw(text):
 
 def _log(text):
     _log_raw("pushsidecar: " + text)
-
-
-def _value(text):
-    if text is None or text == NULL or text == "":
-        return None
-    return text
 
 
 def pn_target(contact):
@@ -109,9 +78,7 @@ def parse_context(text):
     parts = (text or "").split(" ", 3)
     parts += [""] * (4 - len(parts))
     media, from_uri, to_uri, display = (_value(p.strip()) for p in parts)
-    if display:
-        display = display.strip('"').strip() or None
-    return media, from_uri, to_uri, display
+    return media, from_uri, to_uri, proxy.display_name(display)
 
 
 class PushSidecar:
@@ -126,15 +93,11 @@ class PushSidecar:
 
     def _sender(self, msg):
         if self.sender is None:
-            # With immediate, nothing is queued while the sidecar is away: a
-            # push sent after the call ended would ring for nothing.
             # The module gives child_init no way to read $shv(ps_endpoint): the
             # socket is made at a process's first call, which waits for it a moment.
-            self.sender = wire.Sender(self._pv(msg, "$shv(ps_endpoint)"), log=_log_raw, immediate=True,
-                                      connect_wait_ms=CONNECT_WAIT_MS,
-                                      curve_server_key=self._pv(msg, "$shv(ps_curve_server_key)"),
-                                      curve_client_key=self._pv(msg, "$shv(ps_curve_client_key)"))
-            self.sender.connect()
+            self.sender = proxy.connect_sender(
+                self._pv(msg, "$shv(ps_endpoint)"), self._pv(msg, "$shv(ps_curve_server_key)"),
+                self._pv(msg, "$shv(ps_curve_client_key)"), _log_raw, connect_wait_ms=CONNECT_WAIT_MS)
         return self.sender
 
     def _pv(self, msg, name):
@@ -179,9 +142,7 @@ class PushSidecar:
                 _log("no push for call %s: %s" % (call_id, exc))
                 return -1
             if event == "message":
-                text = self._pv(msg, "$var(text)") or ""
-                if len(text) > MAX_MESSAGE_TEXT:
-                    text = text[:MAX_MESSAGE_TEXT - 1] + "\u2026"
+                text = proxy.message_text(self._pv(msg, "$var(text)"))
                 frame = wire.encode_direct(
                     event, call_id, from_uri, to_uri, display_name=display, media_type="sms",
                     content=text, content_type=self._pv(msg, "$var(text_type)") or "text/plain",
@@ -227,19 +188,9 @@ class PushSidecar:
             if not call_id or not from_uri or not to_uri:
                 _log("cancel_pushed: missing call-id, From or To")
                 return -1
-            answered = wire.strip_pn_params(answered) if _value(answered) else None
             sender = self._sender(msg)
             sent = 0
-            for contact in contacts:
-                if answered is not None and wire.strip_pn_params(contact) == answered:
-                    continue
-                try:
-                    target = pn_target(contact)
-                except wire.WireError as exc:
-                    _log("no cancel push for call %s: %s" % (call_id, exc))
-                    continue
-                frame = wire.encode_direct("cancel", call_id, from_uri, to_uri,
-                                           reason=_value(reason) or "cancelled", **target)
+            for frame in proxy.cancel_frames(contacts, answered, call_id, from_uri, to_uri, _value(reason), _log):
                 if sender.send(frame):
                     sent += 1
             return 1 if sent else -1

@@ -279,7 +279,6 @@ async def run_sidecar(
                 runtime = Runtime(settings, app_types, services, store, nursery,
                                   listeners=[remote_logger], metrics=metrics)
                 runtime.overrides = {"host": ip, "port": port}
-                metrics.set_in_flight_function(lambda: runtime.dispatcher.in_flight)
                 metrics.add_refresh(lambda: refresh_metrics(runtime))
                 if worker is not None:
                     from .observe.worker_metrics import WorkerMetrics

@@ -29,7 +29,8 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterable, MutableMapping
+from typing import Any
+from collections.abc import Iterable, MutableMapping
 
 from ..model import Outcome, OutcomeKind, Push
 
@@ -212,7 +213,7 @@ class ContextFormatter(logging.Formatter):
         # above, built directly (the push path logs two lines per push).
         # A second handler (stderr and file) with the same kind of formatter
         # reuses the first one's text.
-        done = record.__dict__.get(_FORMATTED)
+        done: tuple[bool, str] | None = record.__dict__.get(_FORMATTED)
         if done is not None and done[0] == self._timestamps:
             return done[1]
         call_id = getattr(record, "call_id", None)
@@ -280,10 +281,6 @@ class LogHandle:
         self.handlers = handlers
         self.file_handler = file_handler
         self._previous_level = previous_level
-
-    @property
-    def log_file(self) -> Path | None:
-        return Path(self.file_handler.baseFilename) if self.file_handler else None
 
     def reopen(self) -> None:
         """Reopen the log file (after logrotate renamed it).  Never raises:
@@ -384,7 +381,7 @@ PROTOCOL_LOGGERS = ("hpack", "h2", "hyperframe", "httpcore", "h11")
 # -- per-push context --------------------------------------------------------------
 
 
-class PushLoggerAdapter(logging.LoggerAdapter):
+class PushLoggerAdapter(logging.LoggerAdapter[logging.Logger]):
     """Tags every line with the push's call_id and request_id."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
@@ -500,13 +497,13 @@ class _RecordTemplates:
 
     def make(self, target: logging.Logger, level: int, text: str) -> logging.LogRecord:
         if logging.getLogRecordFactory() is not logging.LogRecord:
-            return target.makeRecord(target.name, level, _THIS_FILE, _EMIT_LINE, text, None, None,
-                                     "_emit", None, None)
+            return target.makeRecord(target.name, level, _THIS_FILE, _RECORD_LINE, text, (), None,
+                                     _RECORD_FUNCTION, None, None)
         key = (target.name, threading.get_ident())
         template = self._templates.get(key)
         if template is None:
-            record = logging.LogRecord(target.name, level, _THIS_FILE, _EMIT_LINE, text, None, None,
-                                       "_emit", None)
+            record = logging.LogRecord(target.name, level, _THIS_FILE, _RECORD_LINE, text, (), None,
+                                       _RECORD_FUNCTION, None)
             if len(self._templates) >= 64:
                 self._templates.clear()
             self._templates[key] = dict(record.__dict__)
@@ -529,8 +526,12 @@ _time = __import__("time").time
 _push_record = _RecordTemplates().make
 
 
+# Where a push line's record says it was made (its pathname, lineno and
+# funcName; no formatter of ours prints them): the function that makes it,
+# named outright instead of found by a stack walk per line.
 _THIS_FILE = _emit_text.__code__.co_filename
-_EMIT_LINE = _emit.__code__.co_firstlineno + 3
+_RECORD_FUNCTION = _emit_text.__name__
+_RECORD_LINE = _emit_text.__code__.co_firstlineno
 
 
 def log_received(

@@ -23,12 +23,13 @@ anything else is counted as ``unknown``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any
+from collections.abc import Callable, Hashable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from ..model import Outcome, OutcomeKind, Push
+from ..model import OutcomeKind
 
 NAMESPACE = "pushsidecar"
 #: the label value of anything not configured (bounded cardinality)
@@ -109,9 +110,6 @@ class Metrics:
         self._renewals = _Children(counter(
             "credential_renewals", "Provider JWTs signed and OAuth2 tokens fetched.",
             ("service", "kind")))
-        self._renewal_errors = _Children(counter(
-            "credential_renewal_errors", "Failed OAuth2 token fetches or JWT signings.",
-            ("service", "kind")))
 
         # -- store, ingress, config, remote logging
         self._store_ops = _Children(counter(
@@ -126,10 +124,10 @@ class Metrics:
         self._remote_logs = _Children(counter(
             "remote_logs", "Remote log posts, by result (sent, failed, dropped).", ("result",)))
 
-        # Called at each scrape, before rendering: they bring counters kept
-        # elsewhere (connections, token renewals, ZeroMQ rejects) up to date.
         self._applications: frozenset[tuple[str, str]] | None = None  # None: not restricted
         self._platforms: frozenset[str] = frozenset()
+        # Called at each scrape, before rendering: they bring counters kept
+        # elsewhere (connections, token renewals, ZeroMQ rejects) up to date.
         self._refreshers: list[Callable[[], None]] = []
         self._totals_seen: dict[Hashable, float] = {}
 
@@ -152,13 +150,16 @@ class Metrics:
         return UNKNOWN
 
     def push_received(self, source: str) -> None:
+        """A push arrived: counted, and in flight until its :meth:`outcome`."""
         self._received.get(source).inc()
+        self._in_flight.inc()
 
     def outcome(self, app_id: str, platform: str, kind: OutcomeKind | str, seconds: float | None = None) -> None:
         """Count one final outcome; ``seconds`` since the push arrived, if known."""
         kind_value = kind.value if isinstance(kind, OutcomeKind) else kind
         app_id, platform = self._app_labels(app_id, platform)
         self._outcomes.get(app_id, platform, kind_value).inc()
+        self._in_flight.dec()
         if seconds is not None:
             self._push_seconds.get(platform, kind_value).observe(seconds)
 
@@ -173,56 +174,18 @@ class Metrics:
     def resent_unknown(self, platform: str) -> None:
         self._resent_unknown.get(self._platform_label(platform)).inc()
 
-    def retry(self, platform: str) -> None:
-        self._retries.get(self._platform_label(platform)).inc()
+    def queue_added(self, queue: str) -> None:
+        """One item more waits in ``queue``."""
+        self._queue_depth.get(queue).inc()
 
-    def in_flight_inc(self) -> None:
-        self._in_flight.inc()
-
-    def in_flight_dec(self) -> None:
-        self._in_flight.dec()
-
-    def set_in_flight(self, value: int) -> None:
-        self._in_flight.set(value)
-
-    def set_in_flight_function(self, function: Callable[[], float]) -> None:
-        """Read the gauge from ``function`` at scrape time (e.g. the dispatcher's counter)."""
-        self._in_flight.set_function(function)
-
-    def set_queue_depth(self, queue: str, depth: int) -> None:
-        self._queue_depth.get(queue).set(depth)
-
-    def set_queue_depth_function(self, queue: str, function: Callable[[], float]) -> None:
-        """Read a queue's depth from ``function`` at scrape time."""
-        self._queue_depth.get(queue).set_function(function)
-
-    def on_outcome(self, push: Push, app: Any, notification: Any, outcome: Outcome) -> None:
-        """A dispatcher outcome listener: counts the outcome (no duration)."""
-        self.outcome(push.app_id, push.platform, outcome.kind)
+    def queue_taken(self, queue: str) -> None:
+        """One item less waits in ``queue``."""
+        self._queue_depth.get(queue).dec()
 
     # -- connections and credentials ---------------------------------------------
 
-    def connection_opened(self, service: str) -> None:
-        self._connections.get(service).inc()
-
-    def connection_closed(self, service: str) -> None:
-        self._connections.get(service).dec()
-
     def set_connections(self, service: str, count: int) -> None:
         self._connections.get(service).set(count)
-
-    def reconnect(self, service: str) -> None:
-        self._reconnects.get(service).inc()
-
-    def jwt_renewed(self, service: str) -> None:
-        self._renewals.get(service, "jwt").inc()
-
-    def oauth_renewed(self, service: str) -> None:
-        self._renewals.get(service, "oauth").inc()
-
-    def credential_renewal_failed(self, service: str, kind: str) -> None:
-        """``kind``: ``jwt`` or ``oauth``."""
-        self._renewal_errors.get(service, kind).inc()
 
     # -- store, ingress, config, remote logging ------------------------------------
 
@@ -230,9 +193,6 @@ class Metrics:
         self._store_ops.get(backend, operation).inc()
         if error:
             self._store_errors.get(backend, operation).inc()
-
-    def zmq_rejected(self, reason: str) -> None:
-        self._zmq_rejected.get(reason).inc()
 
     def config_reload(self, ok: bool) -> None:
         self._reloads.get("ok" if ok else "failed").inc()

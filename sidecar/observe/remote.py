@@ -29,7 +29,8 @@ import json
 import logging
 import math
 import re
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import httpx
 import trio
@@ -47,6 +48,8 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x
 
 DEFAULT_CAPACITY = 1000
 DEFAULT_CONCURRENCY = 8
+#: the ``queue`` label of this logger's queue in ``pushsidecar_queue_depth``
+QUEUE_NAME = "remote_log"
 #: at most one warning per URL this often, however many posts fail
 WARNING_INTERVAL = 60.0
 
@@ -171,10 +174,6 @@ class RemoteLogger:
         self.dropped = 0
         self.sent = 0
         self.failed = 0
-        if metrics is not None:
-            metrics.set_queue_depth_function(
-                "remote_log", lambda: self._receive.statistics().current_buffer_used
-            )
 
     # -- the push side (synchronous, never waits) ---------------------------------
 
@@ -216,6 +215,8 @@ class RemoteLogger:
                 for _ in entry.urls:
                     self._metrics.remote_log("dropped")
             return False
+        if self._metrics:
+            self._metrics.queue_added(QUEUE_NAME)
         return True
 
     def __call__(
@@ -243,6 +244,8 @@ class RemoteLogger:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 async for entry in self._receive:
+                    if self._metrics:
+                        self._metrics.queue_taken(QUEUE_NAME)
                     try:
                         document = json.dumps(build_document(entry), default=str).encode()
                     except Exception:  # never let one odd entry stop remote logging

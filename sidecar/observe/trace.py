@@ -19,7 +19,8 @@ import re
 import shutil
 import subprocess
 import sys
-from typing import IO, Iterable, Iterator, TextIO
+from typing import IO, TextIO
+from collections.abc import Iterable, Iterator
 
 from .log import parse_fields
 
@@ -193,9 +194,9 @@ def run_trace(args: argparse.Namespace, *, stdin: IO[str] | None = None, out: Te
     return 0 if entries else 1
 
 
-def add_trace_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_trace_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``trace CALL-ID [--log FILE]`` to the CLI; sets ``func`` and ``handler`` to :func:`run_trace`."""
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "trace",
         help="print the story of one call's pushes from the log",
         description=(
@@ -215,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pushsidecar")
     add_trace_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    status: int = args.func(args)
+    return status
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
 import trio
@@ -30,15 +31,9 @@ import trio
 from ..config import AppConfig
 from ..model import Push
 from .apns_auth import ApnsJwtProvider, ApnsTokenCache
-from ._answers import failure_result, parse_retry_after
+from ._answers import decode_body, post, retry_after
 from .base import Notification, PushService, PushServiceConfigError, SendResult, Verdict
-from .http2 import (
-    Connector,
-    Http2Endpoint,
-    Http2Error,
-    Response,
-    open_http2_connection,
-)
+from .http2 import Connector, Http2Endpoint, Response, open_http2_connection
 from .tls import client_ssl_context
 
 logger = logging.getLogger("sidecar.pns.apns")
@@ -77,19 +72,12 @@ def classify_apns(status: int, reason: str) -> Verdict:
 def apns_result(response: Response, url: str, now: float) -> SendResult:
     """Turn an APNs response into a SendResult (pure)."""
     status = response.status
-    body: dict[str, Any] | None = None
-    if response.body:
-        try:
-            decoded = json.loads(response.body)
-        except ValueError:
-            decoded = {"text": response.body[:200].decode("utf-8", "replace")}
-        body = decoded if isinstance(decoded, dict) else {"value": decoded}
     if status == 200:
         return SendResult(Verdict.DELIVERED, 200, "OK", url, body={"apns-id": response.headers.get("apns-id", "")})
+    body = decode_body(response)
     reason = str(body.get("reason", "")) if body else ""
     verdict = classify_apns(status, reason)
-    retry_after = parse_retry_after(response.headers.get("retry-after"), now) if verdict is Verdict.RETRY else None
-    return SendResult(verdict, status, reason, url, retry_after=retry_after, body=body)
+    return SendResult(verdict, status, reason, url, retry_after=retry_after(response, verdict, now), body=body)
 
 
 # Fixed namespace of our derived apns-ids (a random UUID chosen once).
@@ -209,15 +197,10 @@ class ApnsService(PushService):
         if self._jwt is not None:
             jwt = self._jwt.token()
             headers.append(("authorization", "bearer " + jwt))
-        try:
-            response = await endpoint.request("POST", path, headers, body, send_by=push.deadline)
-        except Http2Error as exc:
-            return failure_result(exc, url)
-        except Exception as exc:  # a bug: report it, but keep the no-raise contract
-            logger.exception("%s: unexpected error sending to APNs", push.request_id)
-            return SendResult(Verdict.REJECTED, 0, f"internal error: {exc!r}", url)
-        if self._debug_hpack:
-            hpack_logger.debug("%s response %s headers %s", push.request_id, path, response.headers)
+        response = await post(endpoint, push, path, url, headers, body, service="APNs", logger=logger,
+                              hpack_logger=hpack_logger if self._debug_hpack else None)
+        if isinstance(response, SendResult):
+            return response
         result = apns_result(response, url, self._wall_clock())
         if self._jwt is not None and result.status == 403 and result.reason in JWT_REJECTED:
             self._jwt.invalidate(jwt)

@@ -28,23 +28,18 @@ import functools
 import json
 import logging
 import time
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import trio
 
 from ..config import AppConfig
 from ..model import Push
-from ._answers import failure_result, parse_retry_after
+from ._answers import decode_body, post, retry_after
 from .base import Notification, PushService, PushServiceConfigError, SendResult, Verdict
 from .fcm_auth import OAuthError, OAuthTokenCache, OAuthTokenProvider
-from .http2 import (
-    Connector,
-    Http2Endpoint,
-    Http2Error,
-    Response,
-    open_http2_connection,
-)
+from .http2 import Connector, Http2Endpoint, Response, open_http2_connection
 from .tls import client_ssl_context
 
 logger = logging.getLogger("sidecar.pns.fcm")
@@ -81,9 +76,8 @@ class FcmVerdict:
 
 def google_error(body: Any) -> dict[str, Any]:
     """The ``error`` object of a Google error document, or {} (pure)."""
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return body["error"]
-    return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
 
 
 def _details(error: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -94,8 +88,9 @@ def _details(error: Mapping[str, Any]) -> list[dict[str, Any]]:
 def fcm_error_code(error: Mapping[str, Any]) -> str:
     """The FcmError ``errorCode`` of an error object, else its ``status`` (pure)."""
     for detail in _details(error):
-        if detail.get("@type") == FCM_ERROR and isinstance(detail.get("errorCode"), str):
-            return detail["errorCode"]
+        code = detail.get("errorCode")
+        if detail.get("@type") == FCM_ERROR and isinstance(code, str):
+            return code
     status = error.get("status")
     return status if isinstance(status, str) else ""
 
@@ -148,18 +143,10 @@ def fcm_result(response: Response, url: str, now: float) -> tuple[SendResult, bo
 
     ``now`` is wall-clock UNIX time, for Retry-After dates.
     """
-    body: dict[str, Any] | None = None
-    if response.body:
-        try:
-            decoded = json.loads(response.body)
-        except ValueError:
-            decoded = {"text": response.body[:200].decode("utf-8", "replace")}
-        body = decoded if isinstance(decoded, dict) else {"value": decoded}
+    body = decode_body(response)
     judged = classify_fcm(response.status, body)
-    retry_after = None
-    if judged.verdict is Verdict.RETRY:
-        retry_after = parse_retry_after(response.headers.get("retry-after"), now)
-    result = SendResult(judged.verdict, response.status, judged.reason, url, retry_after=retry_after, body=body)
+    result = SendResult(judged.verdict, response.status, judged.reason, url,
+                        retry_after=retry_after(response, judged.verdict, now), body=body)
     return result, judged.auth_error
 
 
@@ -182,7 +169,7 @@ def send_url(app: AppConfig, project_id: str | None) -> str:
     if parts.scheme != "https" or not parts.hostname:
         raise PushServiceConfigError(f"[{app.section}] firebase_push_url {url!r} is not an https URL")
     try:
-        parts.port
+        _ = parts.port  # raises for a port that is not a number
     except ValueError:
         raise PushServiceConfigError(f"[{app.section}] firebase_push_url {url!r} has a bad port") from None
     return url
@@ -274,7 +261,8 @@ class FcmService(PushService):
             push.request_id, self._app.section, self._app.app_id, self._app.firebase_authorization_file,
             result.reason,
         )
-        return dataclasses.replace(result, verdict=Verdict.REJECTED, reason=f"FCM refused our credentials: {result.reason}")
+        return dataclasses.replace(result, verdict=Verdict.REJECTED,
+                                   reason=f"FCM refused our credentials: {result.reason}")
 
     async def _post(
         self, push: Push, access: str, body: bytes, extra: Mapping[str, str]
@@ -284,15 +272,10 @@ class FcmService(PushService):
         if self._debug_hpack:
             hpack_logger.debug("%s request %s headers %s", push.request_id, self._path, headers)
         headers.append(("authorization", "Bearer " + access))
-        try:
-            response = await self._endpoint.request("POST", self._path, headers, body, send_by=push.deadline)
-        except Http2Error as exc:
-            return failure_result(exc, self._url), False
-        except Exception as exc:  # a bug: report it, but keep the no-raise contract
-            logger.exception("%s: unexpected error sending to FCM", push.request_id)
-            return SendResult(Verdict.REJECTED, 0, f"internal error: {exc!r}", self._url), False
-        if self._debug_hpack:
-            hpack_logger.debug("%s response %s headers %s", push.request_id, self._path, response.headers)
+        response = await post(self._endpoint, push, self._path, self._url, headers, body, service="FCM",
+                              logger=logger, hpack_logger=hpack_logger if self._debug_hpack else None)
+        if isinstance(response, SendResult):
+            return response, False
         return fcm_result(response, self._url, self._wall_clock())
 
     async def aclose(self) -> None:

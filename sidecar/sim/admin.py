@@ -15,15 +15,46 @@ from __future__ import annotations
 
 import dataclasses
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from .exchange import Incoming, Reply
-
-if TYPE_CHECKING:
-    from .server import Simulator
+from .records import Recorder
 
 
-def handle_admin(sim: "Simulator", req: Incoming) -> Reply:
+class Controlled(Protocol):
+    """What the control API drives: :class:`~sidecar.sim.server.Simulator`.
+
+    Spelled out here so that this module does not import the server that
+    imports it.
+    """
+
+    recorder: Recorder
+    delay: float
+
+    @property
+    def requests(self) -> Sequence[dict[str, Any]]: ...
+    @property
+    def dead_tokens(self) -> set[str]: ...
+    @property
+    def bad_tokens(self) -> set[str]: ...
+    @property
+    def token_topics(self) -> dict[str, str]: ...
+    @property
+    def token_projects(self) -> dict[str, str]: ...
+
+    def stats(self) -> Any: ...  # a dataclass: SimStats
+    def reset(self) -> None: ...
+    def script_status(self, sequence: Iterable[Any], *, kind: str = "apns") -> None: ...
+    def goaway_after(self, n_streams: int, last_stream_id: int | None = None, *,
+                     error_code: int = 0, debug_data: bytes = b"", repeat: bool = False,
+                     kind: str | None = None) -> None: ...
+    def drop_connection_after(self, n: int, *, repeat: bool = False,
+                              kind: str | None = None, after_answer: bool = False) -> None: ...
+    def expire_access_tokens(self) -> None: ...
+
+
+def handle_admin(sim: Controlled, req: Incoming) -> Reply:
     """Answer one ``/_sim/`` request (never recorded)."""
     path, _, query = req.path.partition("?")
     params = dict(urllib.parse.parse_qsl(query))
@@ -47,7 +78,7 @@ def handle_admin(sim: "Simulator", req: Incoming) -> Reply:
     return Reply.json(404, {"error": f"no such control endpoint: {req.method} {path}"})
 
 
-def apply_script(sim: "Simulator", script: dict[str, Any]) -> None:
+def apply_script(sim: Controlled, script: dict[str, Any]) -> None:
     """Apply a ``POST /_sim/script`` document.
 
     Raises:

@@ -122,7 +122,6 @@ def write_config(folder: Path, creds: SimCredentials, port: int, *, host: str = 
     folder = folder.absolute()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spool").mkdir(exist_ok=True)
-    apple_url = f"{host}:{port}"
     general = f"""\
 # Written by `pushsidecar simulate`: a sidecar talking to the simulator at {host}:{port}.
 [server]
@@ -137,35 +136,9 @@ debug = false
 config_file = applications.ini
 credentials_folder = {creds.folder}
 """
-    applications = f"""\
-# Written by `pushsidecar simulate`; the simulator's CA is the tls_ca_file.
-[sylk-apple]
-app_id = {creds.token_bundle_id}.prod
-app_type = sylk
-app_platform = apple
-apple_push_url = {apple_url}
-apple_key = {creds.apns_key_file}
-key_id = {creds.key_id}
-team_id = {creds.team_id}
-tls_ca_file = {creds.ca_file}
-
-[linphone-apple]
-app_id = {creds.cert_bundle_id}.prod
-app_type = linphone
-app_platform = apple
-apple_push_url = {apple_url}
-apple_certificate = {creds.client_cert}
-apple_key = {creds.client_key}
-tls_ca_file = {creds.ca_file}
-
-[sylk-firebase]
-app_id = {creds.token_bundle_id}.prod
-app_type = sylk
-app_platform = firebase
-firebase_push_url = https://{host}:{port}/v1/projects/{creds.project_id}/messages:send
-firebase_authorization_file = {creds.service_account_file}
-tls_ca_file = {creds.ca_file}
-"""
+    applications = ("# Written by `pushsidecar simulate`; the simulator's CA is the tls_ca_file.\n"
+                    + _three_applications(creds, host, port, ("sylk-apple", "linphone-apple", "sylk-firebase"),
+                                          ".prod", f"{creds.token_bundle_id}.prod"))
     (folder / "general.ini").write_text(general)
     (folder / "applications.ini").write_text(applications)
     return folder
@@ -183,35 +156,30 @@ def rfc8599_applications(creds: SimCredentials, port: int, *, host: str = "127.0
     Firebase project.  ``sandbox_port``: where pushes of development builds
     (``pn-provider=apns.dev``) go, else Apple's sandbox.
     """
-    sandbox = f"apple_sandbox_push_url = {host}:{sandbox_port}\n" if sandbox_port else ""
-    return f"""
-[rfc8599-apple]
-app_id = {creds.token_bundle_id}
-app_type = sylk
-app_platform = apple
-apple_push_url = {host}:{port}
-{sandbox}apple_key = {creds.apns_key_file}
-key_id = {creds.key_id}
-team_id = {creds.team_id}
-tls_ca_file = {creds.ca_file}
+    sandbox = {"apple_sandbox_push_url": f"{host}:{sandbox_port}"} if sandbox_port else {}
+    return "\n" + _three_applications(creds, host, port, ("rfc8599-apple", "rfc8599-linphone", "rfc8599-fcm"),
+                                      "", creds.project_id, sandbox)
 
-[rfc8599-linphone]
-app_id = {creds.cert_bundle_id}
-app_type = linphone
-app_platform = apple
-apple_push_url = {host}:{port}
-apple_certificate = {creds.client_cert}
-apple_key = {creds.client_key}
-tls_ca_file = {creds.ca_file}
 
-[rfc8599-fcm]
-app_id = {creds.project_id}
-app_type = sylk
-app_platform = firebase
-firebase_push_url = https://{host}:{port}/v1/projects/{creds.project_id}/messages:send
-firebase_authorization_file = {creds.service_account_file}
-tls_ca_file = {creds.ca_file}
-"""
+def _three_applications(creds: SimCredentials, host: str, port: int, names: tuple[str, str, str],
+                        bundle_suffix: str, firebase_app_id: str, sandbox: dict[str, str] | None = None) -> str:
+    """applications.ini text: the token-auth bundle as a ``sylk`` app on Apple
+    (with ``sandbox``), the certificate bundle as a ``linphone`` app on Apple,
+    and a ``sylk`` app on Firebase, every one trusting the simulator's CA."""
+    apple = {"app_platform": "apple", "apple_push_url": f"{host}:{port}"}
+    sections = {
+        names[0]: {"app_id": creds.token_bundle_id + bundle_suffix, "app_type": "sylk", **apple, **(sandbox or {}),
+                   "apple_key": creds.apns_key_file, "key_id": creds.key_id, "team_id": creds.team_id},
+        names[1]: {"app_id": creds.cert_bundle_id + bundle_suffix, "app_type": "linphone", **apple,
+                   "apple_certificate": creds.client_cert, "apple_key": creds.client_key},
+        names[2]: {"app_id": firebase_app_id, "app_type": "sylk", "app_platform": "firebase",
+                   "firebase_push_url": f"https://{host}:{port}/v1/projects/{creds.project_id}/messages:send",
+                   "firebase_authorization_file": creds.service_account_file},
+    }
+    return "\n".join(
+        f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in options.items())
+        + f"tls_ca_file = {creds.ca_file}\n"
+        for name, options in sections.items())
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ class Incoming:
 
     @classmethod
     def build(cls, method: str, path: str, fields: list[tuple[str, str]], body: bytes,
-              conn: ConnectionInfo, stream_id: int = 0) -> "Incoming":
+              conn: ConnectionInfo, stream_id: int = 0) -> Incoming:
         header: dict[str, str] = {}
         duplicate = False
         for name, value in fields:
@@ -75,7 +75,7 @@ class Reply:
 
     @classmethod
     def json(cls, status: int, document: Any, *, headers: tuple[tuple[str, str], ...] = (),
-             reason: str | None = None) -> "Reply":
+             reason: str | None = None) -> Reply:
         body = json.dumps(document, separators=(",", ":")).encode()
         return cls(status, JSON_HEADERS + headers, body, reason)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 KINDS = ("apns", "fcm", "oauth")
 
@@ -41,7 +42,7 @@ class Fault:
     cut: bool = False
 
     @classmethod
-    def coerce(cls, item: Any) -> "Fault":
+    def coerce(cls, item: Any) -> Fault:
         """Accept a Fault, ``(status, headers[, reason])``, a status or a JSON dict."""
         if isinstance(item, Fault):
             return item
@@ -95,6 +96,11 @@ class ConnectionTrigger:
         return True
 
 
+def _fired(trigger: ConnectionTrigger | None, kind: str) -> ConnectionTrigger | None:
+    """``trigger`` when this stream of ``kind`` makes it fire, else None."""
+    return trigger if trigger is not None and trigger.count(kind) else None
+
+
 class FaultPlan:
     """Everything scripted to go wrong, shared by all connections."""
 
@@ -115,19 +121,15 @@ class FaultPlan:
 
     def take_drop(self, kind: str) -> ConnectionTrigger | None:
         """Count a stream against the drop trigger; the trigger if it fires now."""
-        trigger = self.drop
-        if trigger is None or not trigger.count(kind):
-            return None
-        if not trigger.repeat:
+        trigger = _fired(self.drop, kind)
+        if trigger is not None and not trigger.repeat:
             self.drop = None
         return trigger
 
     def take_goaway(self, kind: str) -> ConnectionTrigger | None:
         """Count a stream against the GOAWAY trigger; the trigger if it fires now."""
-        trigger = self.goaway
-        if trigger is None or not trigger.count(kind):
-            return None
-        if not trigger.repeat:
+        trigger = _fired(self.goaway, kind)
+        if trigger is not None and not trigger.repeat:
             self.goaway = None
         return trigger
 

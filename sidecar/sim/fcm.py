@@ -152,7 +152,7 @@ class FcmService:
         if data is not None:
             if not isinstance(data, dict):
                 return bad_request("message.data", "Invalid value at 'message.data'")
-            for index, (key, value) in enumerate(data.items()):
+            for index, value in enumerate(data.values()):
                 if not isinstance(value, str):
                     field = f"message.data[{index}].value"
                     return bad_request(field, f"Invalid value at '{field}' (TYPE_STRING), "

@@ -8,7 +8,7 @@ request at a time, keep-alive, on h11.  A scripted GOAWAY becomes
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import h11
 import trio

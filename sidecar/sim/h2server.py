@@ -32,7 +32,7 @@ import functools
 import socket
 import struct
 import termios
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import h2.config
 import h2.connection

@@ -12,7 +12,8 @@ import dataclasses
 import secrets
 import time
 import urllib.parse
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jwt
 from cryptography.hazmat.primitives import serialization

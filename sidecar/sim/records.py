@@ -14,7 +14,8 @@ import collections
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import jwt
 import trio
@@ -40,7 +41,7 @@ class _Entry:
 class RecordView(Sequence[dict[str, Any]]):
     """The kept records, oldest first, built on access (cheap to hand out)."""
 
-    def __init__(self, recorder: "Recorder") -> None:
+    def __init__(self, recorder: Recorder) -> None:
         self._recorder = recorder
 
     def __len__(self) -> int:

@@ -24,7 +24,8 @@ import itertools
 import ssl
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import trio
 
@@ -59,6 +60,15 @@ class SimStats:
     statuses: dict[int, int]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """SETTINGS_MAX_CONCURRENT_STREAMS advertised (see :class:`Simulator`'s arguments)."""
+
+    apns: int
+    fcm: int
+    initial: int
+
+
 class Simulator:
     """APNs + FCM + OAuth on one port.
 
@@ -90,9 +100,7 @@ class Simulator:
         self.credentials = credentials
         self.host = host
         self.port = port
-        self.apns_max_streams = apns_max_streams
-        self.fcm_max_streams = fcm_max_streams
-        self.initial_max_streams = initial_max_streams
+        self.stream_limits = StreamLimits(apns_max_streams, fcm_max_streams, initial_max_streams)
         self.faults = FaultPlan()
         self.tokens = DeviceTokens()
         self.recorder = Recorder(record_file, max_records=max_records, clock=clock)
@@ -277,7 +285,7 @@ class Simulator:
         try:
             if stream.selected_alpn_protocol() == "h2":
                 info = ConnectionInfo(conn_id, "2", topic)
-                first_limit = self.apns_max_streams if topic else self.initial_max_streams
+                first_limit = self.stream_limits.apns if topic else self.stream_limits.initial
                 conn = H2ServerConnection(stream, info, self.plan, self.recorder.flush,
                                           max_streams=first_limit)
                 self._connections.add(conn)
@@ -342,7 +350,7 @@ class Simulator:
         # such rule, so any answer from FCM/OAuth lifts it.
         if not req.conn.streams_raised and (reply.status == 200 or kind != "apns"):
             req.conn.streams_raised = True
-            plan.raise_streams = self.apns_max_streams if kind == "apns" else self.fcm_max_streams
+            plan.raise_streams = self.stream_limits.apns if kind == "apns" else self.stream_limits.fcm
         return plan
 
     def _beyond_goaway(self, req: Incoming, kind: str, fired: ConnectionTrigger | None) -> bool:

@@ -22,7 +22,8 @@ from sidecar.pns.base import ANSWER_GRACE, Notification, PushServiceConfigError,
 from sidecar.pns.http2 import ConnectError
 
 TOKEN = "ab" * 32
-HEADERS = {"apns-topic": "com.example.app.voip", "apns-push-type": "voip", "apns-priority": "10", "apns-expiration": "0"}
+HEADERS = {"apns-topic": "com.example.app.voip", "apns-push-type": "voip", "apns-priority": "10",
+           "apns-expiration": "0"}
 
 
 @pytest.fixture

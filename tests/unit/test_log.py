@@ -299,7 +299,7 @@ def test_push_records_from_the_template_are_like_records_made_by_logging():
     time_module.sleep(0.002)
     second = log_module._push_record(target, logging.WARNING, "two")  # copied from the first
     usual = target.makeRecord(target.name, logging.WARNING, log_module._THIS_FILE,
-                              log_module._EMIT_LINE, "two", None, None, "_emit", None, None)
+                              log_module._RECORD_LINE, "two", (), None, "_emit_text", None, None)
     assert type(second) is type(usual)
     assert set(vars(second)) == set(vars(usual))
     for name in vars(usual):

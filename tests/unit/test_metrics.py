@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.model import Event, Outcome, OutcomeKind, Push
+from sidecar.model import OutcomeKind
 from sidecar.observe.metrics import Metrics
 
 
@@ -29,17 +29,16 @@ def test_every_metric_is_rendered_with_its_name():
     m.push_received("zmq")
     m.outcome("com.example.app", "apple", OutcomeKind.DELIVERED, 0.05)
     m.attempt("apple", 200, 0.02)
-    m.retry("firebase")
-    m.in_flight_inc()
-    m.set_queue_depth("remote_log", 3)
-    m.connection_opened("apple:com.example.app")
-    m.reconnect("apple:com.example.app")
-    m.jwt_renewed("apple:com.example.app")
-    m.oauth_renewed("firebase:proj")
-    m.credential_renewal_failed("firebase:proj", "oauth")
+    m.attempt("firebase", 503, 0.02, retry=True)
+    m.push_received("http")  # still in flight
+    m.queue_added("remote_log")
+    m.set_connections("apple:com.example.app", 1)
+    m.advance_reconnects("apple:com.example.app", 1)
+    m.advance_renewals("apple:com.example.app", "jwt", 1)
+    m.advance_renewals("firebase:proj", "oauth", 1)
     m.store_operation("sqlite", "add")
     m.store_operation("sqlite", "remove", error=True)
-    m.zmq_rejected("undecodable")
+    m.advance_zmq_rejected("undecodable", 1)
     m.config_reload(ok=False)
     m.remote_log("dropped")
     text = m.render()[0].decode()
@@ -49,7 +48,7 @@ def test_every_metric_is_rendered_with_its_name():
         "pushsidecar_send_attempts_total", "pushsidecar_retries_total",
         "pushsidecar_pushes_in_flight", "pushsidecar_queue_depth", "pushsidecar_connections_open",
         "pushsidecar_reconnects_total", "pushsidecar_credential_renewals_total",
-        "pushsidecar_credential_renewal_errors_total", "pushsidecar_store_operations_total",
+        "pushsidecar_store_operations_total",
         "pushsidecar_store_errors_total", "pushsidecar_zmq_rejected_frames_total",
         "pushsidecar_config_reloads_total", "pushsidecar_remote_logs_total",
     ]:
@@ -67,12 +66,10 @@ def test_values_add_up():
     m.outcome("app", "firebase", OutcomeKind.TOKEN_DEAD)
     m.attempt("apple", 0, 1.5, retry=True)
     m.attempt("apple", 200, 0.01)
-    m.in_flight_inc()
-    m.in_flight_inc()
-    m.in_flight_dec()
-    m.connection_opened("s")
-    m.connection_opened("s")
-    m.connection_closed("s")
+    m.queue_added("q")
+    m.queue_added("q")
+    m.queue_taken("q")
+    m.set_connections("s", 1)
     m.store_operation("sqlite", "lookup", error=True)
     m.config_reload(True)
     assert value(m, "pushsidecar_pushes_received_total", source="http") == 3
@@ -84,22 +81,34 @@ def test_values_add_up():
     assert value(m, "pushsidecar_push_seconds_count", platform="firebase", outcome="token_dead") is None
     assert value(m, "pushsidecar_send_attempts_total", platform="apple", status="0") == 1
     assert value(m, "pushsidecar_retries_total", platform="apple") == 1
-    assert value(m, "pushsidecar_pushes_in_flight") == 1
+    assert value(m, "pushsidecar_pushes_in_flight") == 1  # 4 received, 3 outcomes
+    assert value(m, "pushsidecar_queue_depth", queue="q") == 1
     assert value(m, "pushsidecar_connections_open", service="s") == 1
     assert value(m, "pushsidecar_store_operations_total", backend="sqlite", operation="lookup") == 1
     assert value(m, "pushsidecar_store_errors_total", backend="sqlite", operation="lookup") == 1
     assert value(m, "pushsidecar_config_reloads_total", result="ok") == 1
 
 
-def test_outcome_listener_and_in_flight_function():
+def test_in_flight_is_pushes_received_without_an_outcome_yet():
     m = Metrics()
-    push = Push(app_id="a", platform="apple", token="t", event=Event.CANCEL, call_id="c",
-                from_uri="f", to_uri="t", deadline=0, expires_at=0)
-    m.on_outcome(push, None, None, Outcome(OutcomeKind.EXPIRED, 504, "late"))
-    assert value(m, "pushsidecar_outcomes_total", app="a", platform="apple", outcome="expired") == 1
-    in_flight = [7]
-    m.set_in_flight_function(lambda: in_flight[0])
-    assert value(m, "pushsidecar_pushes_in_flight") == 7
+    m.push_received("zmq")
+    m.push_received("http")
+    assert value(m, "pushsidecar_pushes_in_flight") == 2
+    m.outcome("a", "apple", OutcomeKind.EXPIRED)
+    assert value(m, "pushsidecar_pushes_in_flight") == 1
+    m.outcome("a", "apple", OutcomeKind.DELIVERED, 0.1)
+    assert value(m, "pushsidecar_pushes_in_flight") == 0
+
+
+def test_totals_copied_at_scrape_count_only_what_is_new():
+    m = Metrics()
+    totals = {"n": 3}
+    m.add_refresh(lambda: m.advance_zmq_rejected("expired", totals["n"]))
+    assert value(m, "pushsidecar_zmq_rejected_frames_total", reason="expired") == 3
+    totals["n"] = 5
+    assert value(m, "pushsidecar_zmq_rejected_frames_total", reason="expired") == 5
+    totals["n"] = 2  # the source was replaced (a reload): counted anew
+    assert value(m, "pushsidecar_zmq_rejected_frames_total", reason="expired") == 7
 
 
 def test_registries_are_private():
@@ -134,4 +143,5 @@ def test_label_values_come_only_from_configured_applications():
     assert 'pushsidecar_outcomes_total{app="unknown",outcome="rejected",platform="unknown"} 2000.0' in body
     assert 'app="com.example.app"' in body and "app-1" not in body
     metrics.outcome("app-3", "apple", OutcomeKind.REJECTED)
-    assert 'pushsidecar_outcomes_total{app="unknown",outcome="rejected",platform="apple"} 1.0' in metrics.render()[0].decode()
+    text = metrics.render()[0].decode()
+    assert 'pushsidecar_outcomes_total{app="unknown",outcome="rejected",platform="apple"} 1.0' in text

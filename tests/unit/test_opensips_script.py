@@ -23,6 +23,7 @@ def script(monkeypatch):
     fake = types.ModuleType("OpenSIPS")
     fake.LM_ERR = logged.append
     monkeypatch.setitem(sys.modules, "OpenSIPS", fake)
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as OpenSIPS does: pushsidecar_proxy.py is there
     spec = importlib.util.spec_from_file_location("pushsidecar_opensips_under_test", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

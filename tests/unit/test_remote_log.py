@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 
-import pytest
 import trio
 
 from sidecar.config import AppConfig
@@ -119,6 +118,7 @@ async def test_posts_sylk_shaped_document_without_secrets(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "sidecar.remote"]
     assert any('id="log-42"' in line and "/log2" in line for line in lines), lines
     assert metrics.render()[0].count(b'pushsidecar_remote_logs_total{result="sent"} 2.0') == 1
+    assert b'pushsidecar_queue_depth{queue="remote_log"} 0.0' in metrics.render()[0]  # taken by the worker
 
 
 async def test_queue_full_drops_and_counts_without_waiting():

@@ -250,7 +250,8 @@ async def test_large_control_answer_respects_flow_control(sim, creds):
         for _ in range(10):
             client.post(f"/3/device/{TOKEN}", headers, body)
         await client.flush()
-        await client.wait(lambda: len(client.responses) == 10 * round_ and all(
+        expected = 10 * round_
+        await client.wait(lambda: len(client.responses) == expected and all(  # noqa: B023 (awaited here)
             r["ended"] for r in client.responses.values()))
     stream_id = client.get("/_sim/requests")
     await client.flush()

@@ -113,7 +113,8 @@ def _require(tool: str) -> str:
     if path is None:
         if os.environ.get("PUSHSIDECAR_REQUIRE_SYSTEMD") == "1":
             pytest.fail(f"{tool} is missing but PUSHSIDECAR_REQUIRE_SYSTEMD=1")
-        pytest.skip(f"{tool} is not installed (apt-get install systemd); set PUSHSIDECAR_REQUIRE_SYSTEMD=1 to fail instead")
+        pytest.skip(f"{tool} is not installed (apt-get install systemd); "
+                    "set PUSHSIDECAR_REQUIRE_SYSTEMD=1 to fail instead")
     return path
 
 

@@ -1,0 +1,1 @@
+../proxy_common/pushsidecar_proxy.py
