@@ -37,6 +37,7 @@ INVITE-to-push p99 < 20 ms at 1,000 calls/s.
 
 from __future__ import annotations
 
+import collections
 import argparse
 import json
 import os
@@ -209,6 +210,22 @@ def sidecar_received_times(log_path: Path, call_ids: set[str]) -> dict[str, floa
     return times
 
 
+def sidecar_call_outcomes(log_path: Path, call_ids: set[str]) -> dict[str, int]:
+    """How the sidecar ended the call pushes (not the cancels) of ``call_ids``:
+    outcome kind -> count, from its ``event=received`` and ``event=outcome`` lines."""
+    call_push_requests: set[str] = set()
+    kinds: collections.Counter[str] = collections.Counter()
+    for line in log_path.read_text(errors="replace").splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if fields.get("call_id") not in call_ids:
+            continue
+        if fields.get("event") == "received" and fields.get("push_event") == "incoming_session":
+            call_push_requests.add(fields.get("request_id", ""))
+        elif fields.get("event") == "outcome" and fields.get("request_id") in call_push_requests:
+            kinds[fields.get("kind", "?")] += 1
+    return dict(kinds)
+
+
 def failed_calls(screen: str) -> int:
     """sipp's cumulative "Failed call" count from its final screen."""
     for line in reversed(screen.splitlines()):
@@ -317,12 +334,13 @@ def sustained(tmp: Path, kam: Proxy, records: SimRecords, pn: str, rate: int, se
     # Where the time goes: INVITE -> the sidecar's "received" log line (ms resolution).
     received = sidecar_received_times(sidecar_log, set(sent))
     to_sidecar_ms = [(received[c] - sent[c]) * 1000 for c in received]
+    outcomes = sidecar_call_outcomes(sidecar_log, set(sent))
     first, last = (min(sent.values()), max(sent.values())) if sent else (0.0, 0.0)
     return {
         "target_rate": rate, "calls": calls, "invites_sent": len(sent),
         "achieved_rate": round((len(sent) - 1) / (last - first), 1) if last > first else None,
         "sipp_exit": code, "failed_calls": failed_calls(screen),
-        "pushes_ok": len(ok), "missing": missing, "duplicated": duplicated,
+        "pushes_ok": len(ok), "missing": missing, "duplicated": duplicated, "sidecar_outcomes": outcomes,
         "not_200": sum(1 for got in pushed.values() if got and any(s != 200 for _, s in got)),
         "proxy_drop_lines": kam.log().count(" dropped: ") - dropped_before,
         "latency_ms": {"p50": percentile(latency_ms, 0.5), "p99": percentile(latency_ms, 0.99),
@@ -449,6 +467,8 @@ def report(results: dict) -> None:
                   f"(achieved {r['achieved_rate']}/s), sipp exit {r['sipp_exit']}, failed calls "
                   f"{r['failed_calls']}, pushes ok {r['pushes_ok']}, missing {r['missing']}, duplicated "
                   f"{r['duplicated']}, non-200 {r['not_200']}, drop lines in the proxy log {r['proxy_drop_lines']}")
+            ended = ", ".join(f"{kind} {n}" for kind, n in sorted(r["sidecar_outcomes"].items())) or "none logged"
+            print(f"    the sidecar's outcomes of these call pushes: {ended}")
             lat = r["latency_ms"]
             print(f"    INVITE-to-push p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms"
                   f"  (INVITE to sidecar 'received' log line: p50 {r['invite_to_sidecar_received_ms']['p50']:.0f} ms"
