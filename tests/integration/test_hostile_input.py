@@ -263,7 +263,7 @@ async def test_fuzz_zmq_frames_are_counted_and_never_crash(
     c = counters
     assert c.frames == c.accepted + c.bad + c.expired + c.duplicates + c.handler_errors
     assert c.handler_errors == 0
-    assert c.accepted > 0 and sidecar.runtime.proxy_ingress.rejected > 0  # the fuzz reached build_push
+    assert c.accepted > 0 and sidecar.runtime.proxy_ingress.rejected > 0  # the fuzz reached admission
     assert not tracebacks(caplog), [r.getMessage()[:200] for r in tracebacks(caplog)]
     await assert_every_push_logged(client)
 
