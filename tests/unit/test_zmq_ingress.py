@@ -7,7 +7,6 @@ import stat
 import threading
 import time
 
-import pytest
 import trio
 import zmq
 
