@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -157,7 +158,7 @@ keyspace = string(default='sylk_pushserver')
 table = string(default='push_tokens')
 consistency = option('ANY', 'ONE', 'TWO', 'THREE', 'QUORUM', 'ALL', 'LOCAL_QUORUM', 'EACH_QUORUM', 'LOCAL_ONE', default='LOCAL_ONE')
 debug = boolean(default=False)
-"""
+"""  # noqa: E501 (configobj spec lines cannot be wrapped)
 
 # Options of one applications.ini section that this module interprets.
 APP_OPTIONS = frozenset(
@@ -272,11 +273,6 @@ def read_settings(
     server = general["server"]
     apps_section = general["applications"]
 
-    def path_option(section: str, option: str, base: Path, value: str) -> Path | None:
-        if not value:
-            return None
-        return (base / Path(value).expanduser()).resolve()
-
     allowed: list[IPNetwork] = []
     for entry in server["allowed_hosts"]:
         entry = entry.strip()
@@ -299,23 +295,19 @@ def read_settings(
         except ValueError as exc:
             problems.append(f"{general_path} [Cassandra] cluster_contact_points: {exc}")
 
-    tls_certificate = path_option("server", "tls_certificate", config_dir, server["tls_certificate"])
+    tls_certificate = resolve_path(config_dir, server["tls_certificate"])
     if tls_certificate is not None and not tls_certificate.is_file():
         problems.append(
             f"{general_path} [server] tls_certificate: file {tls_certificate} not found"
         )
-    log_file = path_option("server", "log_file", config_dir, server["log_file"])
+    log_file = resolve_path(config_dir, server["log_file"])
     # Sylk logs to log_file whenever it is set; log_to_file = false turns that off.
     log_to_file = server["log_to_file"] if "log_to_file" in data.get("server", {}) else log_file is not None
     if log_to_file and log_file is None:
         problems.append(f"{general_path} [server] log_file: required when log_to_file is on")
 
-    credentials_folder = path_option(
-        "applications", "credentials_folder", config_dir, apps_section["credentials_folder"]
-    ) or config_dir
-    applications_file = path_option(
-        "applications", "config_file", config_dir, apps_section["config_file"]
-    ) or (config_dir / "applications.ini")
+    credentials_folder = resolve_path(config_dir, apps_section["credentials_folder"]) or config_dir
+    applications_file = resolve_path(config_dir, apps_section["config_file"]) or (config_dir / "applications.ini")
 
     applications: dict[tuple[str, str], AppConfig] = {}
     if not with_applications:
@@ -332,10 +324,10 @@ def read_settings(
         problems.extend(app_problems)
         warnings.extend(app_warnings)
 
-    security = _security_settings(general, general_path, config_dir, path_option, problems)
+    security = _security_settings(general, general_path, config_dir, problems)
     cassandra = general["Cassandra"]
     zmq_section = general["zmq"]
-    run_dir = path_option("zmq", "run_dir", config_dir, zmq_section["run_dir"]) or Path("/run/pushsidecar")
+    run_dir = resolve_path(config_dir, zmq_section["run_dir"]) or Path("/run/pushsidecar")
     settings = Settings(
         config_dir=config_dir,
         host=server["host"],
@@ -346,18 +338,15 @@ def read_settings(
         max_body_size=server["max_body_size"],
         log_to_file=log_to_file,
         log_file=log_file,
-        spool_dir=path_option("server", "spool_dir", config_dir, server["spool_dir"])
-        or config_dir,
+        spool_dir=resolve_path(config_dir, server["spool_dir"]) or config_dir,
         debug=server["debug"],
         debug_hpack=server["debug_hpack"],
         workers=server["workers"],
         http_server=server["http_server"],
         applications_file=applications_file,
         credentials_folder=credentials_folder,
-        extra_applications_dir=path_option(
-            "applications", "extra_applications_dir", config_dir, apps_section["extra_applications_dir"]
-        ),
-        extra_pns_dir=path_option("applications", "extra_pns_dir", config_dir, apps_section["extra_pns_dir"]),
+        extra_applications_dir=resolve_path(config_dir, apps_section["extra_applications_dir"]),
+        extra_pns_dir=resolve_path(config_dir, apps_section["extra_pns_dir"]),
         zmq_enabled=zmq_section["enabled"],
         zmq_endpoint=zmq_section["endpoint"],
         run_dir=run_dir,
@@ -412,7 +401,7 @@ def _validated_general(path: Path, data: dict[str, dict[str, Any]]) -> tuple[Any
     rest of the configuration can still be checked.
     """
     import configobj
-    import validate
+    import validate  # type: ignore[import-untyped]  # configobj's, no type information
 
     general = configobj.ConfigObj(data, configspec=GENERAL_SPEC.splitlines(), interpolation=False)
     result = general.validate(validate.Validator(), preserve_errors=True)
@@ -498,11 +487,13 @@ def read_applications(
             else:
                 options[option] = clean_value(value)
 
+        # These helpers are called within this iteration only: the loop
+        # variables they read are the current section's.
         def problem(option: str, text: str) -> None:
-            problems.append(f"{path} [{section}] {option}: {text}")
+            problems.append(f"{path} [{section}] {option}: {text}")  # noqa: B023
 
         def text(option: str, default: str | None = None) -> str | None:
-            value = options.get(option, default)
+            value = options.get(option, default)  # noqa: B023
             if isinstance(value, list):
                 value = ",".join(value)
             if value is not None:
@@ -542,12 +533,12 @@ def read_applications(
         values: dict[str, Any] = {}
         tls_ca_file = credential("tls_ca_file")
         if platform == "apple":
-            url = text("apple_push_url", "api.push.apple.com")
+            url = text("apple_push_url") or "api.push.apple.com"
             try:
                 values["apple_host"], values["apple_port"] = _host_port(url, 443)
             except ValueError as exc:
                 problem("apple_push_url", str(exc))
-            sandbox_url = text("apple_sandbox_push_url", "api.sandbox.push.apple.com")
+            sandbox_url = text("apple_sandbox_push_url") or "api.sandbox.push.apple.com"
             try:
                 values["apple_sandbox_host"], values["apple_sandbox_port"] = _host_port(sandbox_url, 443)
             except ValueError as exc:
@@ -645,16 +636,22 @@ def _host_port(value: str, default_port: int) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _security_settings(general: Any, general_path: Path, config_dir: Path, path_option: Any,
+def resolve_path(base: Path, value: str) -> Path | None:
+    """An option's path, relative to ``base`` (None when the option is empty)."""
+    if not value:
+        return None
+    return (base / Path(value).expanduser()).resolve()
+
+
+def _security_settings(general: Any, general_path: Path, config_dir: Path,
                        problems: list[str]) -> dict[str, Any]:
     """CURVE keys, bearer tokens and the memory budget (appends to ``problems``)."""
-    from .ingress.bearer import BearerTokenError, load_bearer_tokens
-    from .ingress.curve import CurveKeyError, load_server_keys
+    from .key_files import BearerTokenError, CurveKeyError, load_bearer_tokens, load_server_keys
 
     server, zmq_section = general["server"], general["zmq"]
     result: dict[str, Any] = {"memory_budget_mb": server["memory_budget_mb"]}
-    secret = path_option("zmq", "curve_secret_key", config_dir, zmq_section["curve_secret_key"])
-    clients = path_option("zmq", "curve_clients", config_dir, zmq_section["curve_clients"])
+    secret = resolve_path(config_dir, zmq_section["curve_secret_key"])
+    clients = resolve_path(config_dir, zmq_section["curve_clients"])
     if secret is not None or clients is not None:
         if secret is None or clients is None:
             problems.append(f"{general_path} [zmq] curve_secret_key and curve_clients: set both or neither")
@@ -663,7 +660,7 @@ def _security_settings(general: Any, general_path: Path, config_dir: Path, path_
                 result["zmq_curve"] = load_server_keys(secret, clients)
             except CurveKeyError as exc:
                 problems.append(f"{general_path} [zmq] {exc.option}: {exc}")
-    tokens_file = path_option("server", "bearer_tokens_file", config_dir, server["bearer_tokens_file"])
+    tokens_file = resolve_path(config_dir, server["bearer_tokens_file"])
     if tokens_file is not None:
         try:
             result["bearer_tokens"] = load_bearer_tokens(tokens_file)

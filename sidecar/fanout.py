@@ -9,26 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Mapping, Protocol
 
 import trio
 
+from .admission import admit
 from .apps.base import AppType
-from .config import AppConfig, Settings
-from .ingress.fields import build_push
-from .model import Outcome, OutcomeKind, Push, PushValidationError
-from .store.base import DeviceRecord, StoreUnavailable, TokenStore
+from .config import AppConfig
+from .model import Event, Outcome, OutcomeKind, Push, PushRequest, PushValidationError
+from .runtime_api import IngressRuntime
+from .store.base import DeviceRecord, StoreUnavailable
 
 # Events for which a stored background token (apple `voip-regular`) is used.
-BACKGROUND_TOKEN_EVENTS = frozenset({"cancel", "message"})
-
-
-class FanoutRuntime(Protocol):
-    settings: Settings
-    app_types: Mapping[str, AppType]
-    store: TokenStore
-
-    async def dispatch(self, push: Push, app: AppConfig, app_type: AppType) -> Outcome: ...
+BACKGROUND_TOKEN_EVENTS = frozenset({Event.CANCEL.value, Event.MESSAGE.value})
 
 
 @dataclasses.dataclass(slots=True)
@@ -43,43 +35,38 @@ class DeviceResult:
     token_remove_error: str | None = None
 
 
-def device_fields(fields: Mapping[str, Any], device: DeviceRecord) -> dict[str, Any]:
-    """The request fields completed by (and overridden with) the stored device."""
-    merged = dict(fields)
-    use_background = fields.get("event") in BACKGROUND_TOKEN_EVENTS and device.background_token
-    merged.update(
-        {
-            "app-id": device.app_id,
-            "platform": device.platform,
-            "token": device.background_token if use_background else device.device_token,
-            "silent": device.silent,
-            "device-id": device.device_id,
-        }
+def device_request(request: PushRequest, device: DeviceRecord) -> PushRequest:
+    """The account's request addressed to one stored device (the device's values win)."""
+    use_background = request.event in BACKGROUND_TOKEN_EVENTS and device.background_token
+    return dataclasses.replace(
+        request,
+        app_id=device.app_id,
+        platform=device.platform,
+        token=device.background_token if use_background else device.device_token,
+        silent=device.silent,
+        device_id=device.device_id,
     )
-    return merged
 
 
 async def push_to_devices(
-    runtime: FanoutRuntime,
+    runtime: IngressRuntime,
     account: str,
     devices: list[DeviceRecord],
-    fields: Mapping[str, Any],
+    request: PushRequest,
     *,
     source: str,
-    ttl: float | None = None,
     peer: str | None = None,
 ) -> list[DeviceResult]:
-    """Send ``fields`` to every device in ``devices`` at once; purge dead tokens."""
-    settings = runtime.settings
+    """Send ``request`` to every device in ``devices`` at once; purge dead tokens."""
+    settings, app_types = runtime.settings, runtime.app_types
     now, wall_now = trio.current_time(), time.time()
     results = [DeviceResult(device) for device in devices]
     planned: list[tuple[DeviceResult, AppConfig, AppType]] = []
     for result in results:
         try:
-            push, app, app_type = build_push(
-                device_fields(fields, result.device), settings=settings,
-                app_types=runtime.app_types, source=source, now=now, wall_now=wall_now, ttl=ttl,
-                peer=peer,
+            push, app, app_type = admit(
+                device_request(request, result.device), settings=settings, app_types=app_types,
+                source=source, now=now, wall_now=wall_now, peer=peer,
             )
         except PushValidationError as exc:
             result.error = exc

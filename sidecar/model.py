@@ -1,8 +1,9 @@
-"""The shared vocabulary of the sidecar: Push, Outcome, events, platforms.
+"""The shared vocabulary of the sidecar: PushRequest, Push, Outcome, events.
 
-Both ingresses (HTTP and ZeroMQ) translate their input into a :class:`Push`;
-the dispatcher turns each Push into exactly one :class:`Outcome`.  Nothing in
-this module does I/O.
+Every ingress (HTTP v1 and v2, ZeroMQ) translates its input into a
+:class:`PushRequest`; :mod:`sidecar.admission` checks it against the
+configuration and makes it a :class:`Push`; the dispatcher turns each Push
+into exactly one :class:`Outcome`.  Nothing in this module does I/O.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import enum
 import hashlib
 import itertools
 import os
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 
-class Event(str, enum.Enum):
+class Event(str, enum.Enum):  # noqa: UP042 (StrEnum would change str() in log lines)
     INCOMING_SESSION = "incoming_session"
     INCOMING_CONFERENCE_REQUEST = "incoming_conference_request"
     CANCEL = "cancel"
@@ -76,9 +78,63 @@ DEFAULT_TTL = {
 }
 
 
+def default_ttl(event: str) -> float:
+    """The useful life of a push of ``event`` whose sender gave none (seconds)."""
+    return _TTL_BY_NAME.get(event, 45)
+
+
+_TTL_BY_NAME = {event.value: ttl for event, ttl in DEFAULT_TTL.items()}
+
+
+def _sylk(key: str, kind: type = str) -> Any:
+    """A request field that Sylk's JSON carries under ``key`` (a ``kind`` value)."""
+    return dataclasses.field(default=None, metadata={"json": key, "kind": kind})
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
-class Push:
-    """One notification to one device.
+class PushRequest:
+    """What a sender asked for, typed, before admission (None: not given).
+
+    The ingresses build it (HTTP from Sylk's JSON, ZeroMQ from a
+    :class:`~sidecar.wire.WireMessage`); :func:`sidecar.admission.admit`
+    checks it and makes it a :class:`Push`.  A field with ``json`` metadata
+    is read from that Sylk key by :func:`sidecar.admission.request_from_json`
+    (fields in the order their errors are reported); a ZeroMQ field of the
+    same name is copied by the ZeroMQ ingress.  So a new push field is added
+    here and in the wire table, nowhere else.
+    """
+
+    app_id: str | None = _sylk("app-id")
+    platform: str | None = _sylk("platform")
+    token: str | None = _sylk("token")
+    call_id: str | None = _sylk("call-id")
+    from_uri: str | None = _sylk("from")
+    to_uri: str | None = _sylk("to")
+    event: str | None = _sylk("event")
+    device_id: str | None = _sylk("device-id")
+    from_display_name: str | None = _sylk("from-display-name")
+    media_type: str | None = _sylk("media-type")
+    reason: str | None = _sylk("reason")
+    filename: str | None = _sylk("filename")
+    filetype: str | None = _sylk("filetype")
+    account: str | None = _sylk("account")  # Sylk's: the conference of incoming_conference_request
+    content: str | None = _sylk("content")
+    content_type: str | None = _sylk("content-type")
+    silent: bool | None = _sylk("silent", bool)
+    badge: int | None = _sylk("badge", int)
+    #: useful life in seconds (None: :func:`default_ttl` of the event)
+    ttl: float | None = None
+    #: when the sender sent it, UNIX seconds (ZeroMQ); the ttl counts from then
+    sent_at: float | None = None
+    #: for APNs: a development build (RFC 8599 ``pn-provider=apns.dev``),
+    #: sent to the application's sandbox URL
+    sandbox: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Push(PushRequest):
+    """One admitted notification to one device: a request with its defaults
+    applied, its platform canonical and its deadline fixed.
 
     ``deadline`` is on the trio clock (``trio.current_time()``): when it passes,
     the push is no longer worth sending.  ``expires_at`` is the same moment in
@@ -92,35 +148,19 @@ class Push:
     call_id: str
     from_uri: str
     to_uri: str
+    silent: bool = True
+    badge: int = 1
     deadline: float
     expires_at: float
-    media_type: str | None = None
-    from_display_name: str | None = None
-    device_id: str | None = None
-    silent: bool = True
-    reason: str | None = None
-    badge: int = 1
-    filename: str | None = None
-    filetype: str | None = None
-    account: str | None = None
-    content: str | None = None
-    content_type: str | None = None
     source: str = "http"
-    #: for APNs: a development build (RFC 8599 ``pn-provider=apns.dev``),
-    #: sent to the application's sandbox URL
-    sandbox: bool = False
     request_id: str = dataclasses.field(default_factory=new_request_id)
     peer: str | None = None  # who sent it: HTTP client address, or the ZeroMQ endpoint
 
-    def replace(self, **changes: Any) -> "Push":
+    def replace(self, **changes: Any) -> Push:
         return dataclasses.replace(self, **changes)
 
-    @property
-    def log_context(self) -> dict[str, str]:
-        return {"call_id": self.call_id, "request_id": self.request_id}
 
-
-class OutcomeKind(str, enum.Enum):
+class OutcomeKind(str, enum.Enum):  # noqa: UP042 (as Event)
     DELIVERED = "delivered"
     TOKEN_DEAD = "token_dead"  # the device token is dead: purge it
     REJECTED = "rejected"  # a 4xx that retrying will not fix

@@ -27,7 +27,7 @@ from .apps.base import AppType
 from .apps.registry import load_app_types
 from .config import AppConfig, ConfigError, Settings
 from .dispatch import Dispatcher
-from .model import Outcome, Push
+from .model import Outcome, OutcomeKind, Push
 from .observe.metrics import Metrics
 from .pns.base import PushService
 from .pns.registry import PushServices, builtin_factories, load_plugin_classes
@@ -169,6 +169,10 @@ class Runtime:
     def spawn(self, push: Push, app: AppConfig, app_type: AppType) -> None:
         """Send in the background (``return_async = false``)."""
         self._nursery.start_soon(self.dispatcher.dispatch, push, app, app_type)
+
+    def drop(self, push: Push, app: AppConfig | None, reason: str, kind: OutcomeKind) -> Outcome:
+        """Record the outcome of a push that will never be dispatched (see Dispatcher.drop)."""
+        return self.dispatcher.drop(push, app, reason, kind=kind)
 
     def apply_settings(self, settings: Settings, app_types: dict[str, AppType]) -> None:
         """Swap in a reloaded configuration (its services are already in force)."""
@@ -564,14 +568,15 @@ async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status: trio.
 
     endpoint = settings.zmq_endpoint or f"ipc://{settings.run_dir}/push.sock"
     async with trio.open_nursery() as nursery:
-        proxy = ProxyIngress(runtime, nursery)
+        limits = limits_for(settings.memory_budget_mb)
+        proxy = ProxyIngress(runtime, nursery, max_dispatches=limits.in_flight)
         runtime.proxy_ingress = proxy
         curve = settings.zmq_curve
         bound = await nursery.start(partial(
             serve_zmq, endpoint, proxy.handle, counters=proxy.counters, on_discard=proxy.discard,
             ipc_dir_mode=0o750, ipc_socket_mode=0o660,
-            rcvhwm=limits_for(settings.memory_budget_mb).zmq_queue,
-            overloaded=lambda: runtime.dispatcher.is_full(_zmq_pending(runtime, proxy)),
+            rcvhwm=limits.zmq_queue,
+            overloaded=lambda: proxy.overloaded() or runtime.dispatcher.is_full(_zmq_pending(runtime, proxy)),
             curve=curve,
             allowed_clients=lambda: (runtime.settings.zmq_curve or curve).clients,
         ))

@@ -78,9 +78,10 @@ from __future__ import annotations
 import os
 import struct
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
+from collections.abc import Callable
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no type information shipped
 
 VERSION = 1
 
@@ -337,7 +338,7 @@ def push_target(params: dict[str, str]) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------
 # Encoding (proxy side: keep it cheap)
 
-_pack = msgpack.Packer(use_bin_type=True).pack
+_pack: Callable[[dict[str, Any]], bytes] = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
 
 
@@ -550,44 +551,13 @@ def decode(frame: bytes) -> WireMessage:
         user, at, domain = account.partition("@")
         if not user or not at or not domain:
             raise WireError(f"account {account!r} must be user@domain")
+    # call_id, from_uri and to_uri are non-empty str: checked by the fast path above.
     return WireMessage(
-        event, call_id, from_uri, to_uri, ts, ttl, display_name, media_type, reason,
+        event, call_id, from_uri, to_uri,  # type: ignore[arg-type]
+        ts, ttl, display_name, media_type, reason,
         silent, device_id, app_id, platform, token, provider, prid, param, account,
         content, content_type,
     )  # fmt: skip
-
-
-def to_sylk_fields(msg: WireMessage) -> dict[str, Any]:
-    """The message as Sylk v1 hyphenated fields (the input of ``build_push``).
-
-    For an account push the result has no app-id/platform/token (the caller
-    merges in each stored device) and no ``account`` key either: in Sylk,
-    ``account`` means the conference account of incoming_conference_request.
-    """
-    fields: dict[str, Any] = {
-        "event": msg.event,
-        "call-id": msg.call_id,
-        "from": msg.from_uri,
-        "to": msg.to_uri,
-        "silent": True if msg.silent is None else msg.silent,
-    }
-    if not msg.is_account:
-        fields["app-id"] = msg.app_id
-        fields["platform"] = msg.platform
-        fields["token"] = msg.token
-    if msg.display_name is not None:
-        fields["from-display-name"] = msg.display_name
-    if msg.media_type is not None:
-        fields["media-type"] = msg.media_type
-    if msg.reason is not None:
-        fields["reason"] = msg.reason
-    if msg.device_id is not None:
-        fields["device-id"] = msg.device_id
-    if msg.content is not None:
-        fields["content"] = msg.content
-    if msg.content_type is not None:
-        fields["content-type"] = msg.content_type
-    return fields
 
 
 # --------------------------------------------------------------------------
@@ -901,7 +871,7 @@ class CallTimer:
                          timer._first[1], c1 - c0, empty_cpu)
             return result
 
-        Sender.send = timed_send  # type: ignore[method-assign]
+        Sender.send = timed_send  # type: ignore[method-assign, assignment]
         setattr(handler, first, timed_first)
         setattr(handler, second, timed_second)
         return handler

@@ -19,11 +19,12 @@ How to write an app type plugin
    apns-expiration) and ``payload`` (for APNs the JSON body; for FCM the
    whole ``{"message": {...}}``).  Build methods must be pure: no I/O, no
    sleeping; the dispatcher sends, retries and reports.
-4. Optionally override ``check_request(self, fields)`` to add rules to the
-   incoming request (hyphenated Sylk keys such as ``event``, ``to``,
-   ``silent``; missing keys are absent).  Raise
-   :class:`sidecar.model.PushValidationError` (status 400 or 404) to refuse
-   a request; return the (possibly completed) fields otherwise.
+4. Optionally override ``check_request(self, request)`` to add rules to the
+   incoming :class:`sidecar.model.PushRequest` (attributes such as
+   ``event``, ``to_uri``, ``silent``; None when not given).  Raise
+   :class:`sidecar.model.PushValidationError` (status 400 or 404; name the
+   Sylk JSON key in the message) to refuse a request; return it (possibly
+   completed with ``dataclasses.replace``) otherwise.
 
 Helpers from :mod:`sidecar.apps.sylk` (``apns_headers``, ``topic_base``,
 ``voip_topic``, ``fcm_message``) keep the headers and FCM rules (all data
@@ -35,11 +36,9 @@ suite, so keep it working.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 from sidecar.apps.base import AppType
 from sidecar.apps.sylk import apns_headers, fcm_message, topic_base
-from sidecar.model import Push, PushValidationError
+from sidecar.model import Push, PushRequest, PushValidationError
 from sidecar.pns.base import Notification
 
 
@@ -48,11 +47,11 @@ class SampleAppType(AppType):
 
     name = "sample"
 
-    def check_request(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+    def check_request(self, request: PushRequest) -> PushRequest:
         # This app cannot show anything without knowing who is calling.
-        if not fields.get("from"):
+        if not request.from_uri:
             raise PushValidationError("Field 'from' required", 400)
-        return dict(fields)
+        return request
 
     def build_apple(self, push: Push, now: float) -> Notification:
         headers = apns_headers(push, topic=topic_base(push.app_id), push_type="alert", priority=10)

@@ -61,7 +61,8 @@ from __future__ import annotations
 
 import json
 import ssl
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import httpx

@@ -9,25 +9,25 @@ unique ``name``; an application selects it with ``app_type = <name>``.
 
 from __future__ import annotations
 
-import abc
-from typing import Any, Mapping
 
-from ..model import Push, PushValidationError
+from ..model import Push, PushRequest, PushValidationError
 from ..pns.base import Notification
 
 
-class AppType(abc.ABC):
+class AppType:
     #: the value of ``app_type`` in applications.ini that selects this class
     name: str = ""
 
-    def check_request(self, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """Apply this app type's extra rules to validated v1 request fields.
+    def check_request(self, request: PushRequest) -> PushRequest:
+        """Apply this app type's extra rules to a push request.
 
-        ``fields`` uses the Sylk hyphenated keys (``event``, ``silent``, ``to``...)
-        with missing optional keys absent.  Return the (possibly completed)
-        fields, or raise :class:`PushValidationError` (status 400 or 404).
+        ``request`` has its required fields (app-id, platform, token,
+        call-id, from) and None for what the sender did not give.  Return it,
+        possibly completed (``dataclasses.replace``), or raise
+        :class:`PushValidationError` (status 400 or 404; the message names
+        the Sylk JSON key, e.g. ``Field 'to' required``).
         """
-        return dict(fields)
+        return request
 
     def build(self, push: Push, platform: str, now: float) -> Notification:
         """Build the outgoing notification for ``platform``.
@@ -41,4 +41,5 @@ class AppType(abc.ABC):
             raise PushValidationError(
                 f"app type {self.name!r} has no payload for platform {platform!r}", 404
             )
-        return method(push, now)
+        notification: Notification = method(push, now)
+        return notification

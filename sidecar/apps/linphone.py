@@ -9,10 +9,11 @@ format requires (the original sent a bare string).
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any, Mapping
+from typing import Any
 
-from ..model import Event, Push, PushNotNeeded, PushValidationError
+from ..model import Event, Push, PushNotNeeded, PushRequest, PushValidationError
 from ..pns.base import Notification
 from .base import AppType
 from .sylk import apns_headers, fcm_message, voip_topic
@@ -39,19 +40,18 @@ class LinphoneAppType(AppType):
 
     name = "linphone"
 
-    def check_request(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+    def check_request(self, request: PushRequest) -> PushRequest:
         """Default the event to ``incoming_session``; refuse every other event (404)."""
-        checked = dict(fields)
-        event = checked.get("event")
+        event = request.event
         if event is None:
-            checked["event"] = Event.INCOMING_SESSION.value
-        elif event != Event.INCOMING_SESSION.value:
+            return dataclasses.replace(request, event=Event.INCOMING_SESSION.value)
+        if event != Event.INCOMING_SESSION.value:
             message = (f"Event '{event}' is not supported by linphone applications "
                        f"(only '{Event.INCOMING_SESSION.value}')")
             if event == Event.CANCEL.value:
                 raise PushNotNeeded(message, 404, why=LINPHONE_CANCEL)
             raise PushValidationError(message, 404)
-        return checked
+        return request
 
     def build_apple(self, push: Push, now: float) -> Notification:
         """VoIP push; silent or alerting depending on ``push.silent``."""

@@ -44,7 +44,7 @@ def load_app_types(extra_dir: Path | None) -> dict[str, AppType]:
         except PluginError as exc:
             raise AppTypeLoadError(str(exc)) from exc
         for cls in defined_subclasses(module, AppType):
-            if not cls.name:
+            if not issubclass(cls, AppType) or not cls.name:  # (issubclass: for the type checker)
                 continue
             if cls.name in app_types:
                 raise AppTypeLoadError(

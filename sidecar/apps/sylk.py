@@ -16,9 +16,10 @@ with the ``linphone`` app type.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
-from ..model import Event, Push, PushValidationError, session_id
+from ..model import Event, Push, PushRequest, PushValidationError, session_id
 from ..pns.base import Notification
 from .base import AppType
 
@@ -96,14 +97,15 @@ class SylkAppType(AppType):
 
     name = "sylk"
 
-    REQUIRED_FIELDS = ("silent", "to", "event")
+    #: (PushRequest attribute, its Sylk JSON key), in the order they are reported
+    REQUIRED_FIELDS = (("silent", "silent"), ("to_uri", "to"), ("event", "event"))
 
-    def check_request(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+    def check_request(self, request: PushRequest) -> PushRequest:
         """Sylk apps also need ``silent``, ``to`` and ``event`` (400 when missing)."""
-        for key in self.REQUIRED_FIELDS:
-            if fields.get(key) is None:
+        for name, key in self.REQUIRED_FIELDS:
+            if getattr(request, name) is None:
                 raise PushValidationError(f"Field '{key}' required", 400)
-        return dict(fields)
+        return request
 
     # -- per-event dictionaries (the same on both platforms) --
 

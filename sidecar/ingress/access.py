@@ -8,7 +8,8 @@ nothing.  An empty list lets everyone in.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 
 from ..config import IPNetwork, Settings
 

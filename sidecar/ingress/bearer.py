@@ -2,9 +2,10 @@
 
 With ``[server] bearer_tokens_file`` set, every request but ``GET /health``
 (liveness probes) must carry ``Authorization: Bearer <token>`` with one of
-the file's tokens, else it is answered 401 in the Sylk shape.  The file has
-one client per line, ``NAME TOKEN`` (``#`` starts a comment); NAME only
-appears in debug logs, the token never appears in any log or answer.
+the file's tokens, else it is answered 401 in the Sylk shape.  The file
+(read by :func:`sidecar.key_files.load_bearer_tokens`) has one client per
+line, ``NAME TOKEN`` (``#`` starts a comment); NAME only appears in debug logs, the token never
+appears in any log or answer.
 
 Tokens are compared with :func:`hmac.compare_digest` against every
 configured token (no early exit), so the time taken does not tell how much
@@ -15,54 +16,15 @@ from __future__ import annotations
 
 import hmac
 import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
 
+from ..config import Settings
 from .access import ASGIApp, Receive, Scope, Send
-
-if TYPE_CHECKING:  # config imports this module's loader
-    from ..config import Settings
+from .answers import sylk_json
 
 logger = logging.getLogger("sidecar.ingress.http")
 
-MIN_TOKEN_LENGTH = 16
 OPEN_PATHS = frozenset({"/health"})
-
-
-class BearerTokenError(ValueError):
-    """The tokens file is unusable (the message names the line, never a token)."""
-
-
-def load_bearer_tokens(path: Path) -> tuple[tuple[str, str], ...]:
-    """Read ``NAME TOKEN`` lines.
-
-    Raises:
-        BearerTokenError: missing file, malformed line, short or repeated token.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BearerTokenError(f"cannot read {path}: {exc.__class__.__name__}") from None
-    tokens: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise BearerTokenError(f"{path} line {number}: expected 'NAME TOKEN'")
-        name, token = parts
-        if len(token) < MIN_TOKEN_LENGTH:
-            raise BearerTokenError(f"{path} line {number}: the token of {name} is shorter than "
-                                   f"{MIN_TOKEN_LENGTH} characters")
-        if token in seen:
-            raise BearerTokenError(f"{path} line {number}: the token of {name} is used twice")
-        seen.add(token)
-        tokens.append((name, token))
-    if not tokens:
-        raise BearerTokenError(f"{path}: no token in it")
-    return tuple(tokens)
 
 
 def client_of(authorization: bytes | None, tokens: tuple[tuple[str, str], ...]) -> str | None:
@@ -80,7 +42,7 @@ def client_of(authorization: bytes | None, tokens: tuple[tuple[str, str], ...]) 
 class BearerTokenMiddleware:
     """Answer 401 to requests without a configured bearer token (when tokens are configured)."""
 
-    def __init__(self, app: ASGIApp, current_settings: Callable[[], "Settings"]):
+    def __init__(self, app: ASGIApp, current_settings: Callable[[], Settings]):
         self.app = app
         self.current_settings = current_settings
 
@@ -93,8 +55,6 @@ class BearerTokenMiddleware:
                     authorization = value
                     break
             if client_of(authorization, tokens) is None:
-                from .http import sylk_json
-
                 body = sylk_json(401, "a valid bearer token is required")
                 await send({"type": "http.response.start", "status": 401, "headers": [
                     (b"content-type", b"application/json"),

@@ -18,75 +18,24 @@ makes a pair.  Secret keys are written mode 0600 and never logged.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import trio
 import zmq
 import zmq.auth
 import zmq.utils.z85
 
+from ..key_files import CurveKeyError, CurveServerKeys
 from ..wire import RateLimitedLog
 
 log = logging.getLogger("sidecar.ingress.zmq")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"pushsidecar"
-
-
-class CurveKeyError(ValueError):
-    """A key file or folder is missing or unreadable (the message names it).
-
-    ``option``: the [zmq] option that named it (curve_secret_key, curve_clients).
-    """
-
-    def __init__(self, message: str, option: str = "curve_secret_key"):
-        super().__init__(message)
-        self.option = option
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CurveServerKeys:
-    """The sidecar's key pair and the public keys of the clients allowed in."""
-
-    public: bytes  # Z85, as in the key files
-    secret: bytes  # Z85
-    clients: frozenset[bytes]  # raw 32-byte public keys
-
-
-def load_server_keys(secret_file: Path, clients_dir: Path) -> CurveServerKeys:
-    """Read the sidecar's ``.key_secret`` and every ``*.key`` in ``clients_dir``.
-
-    Raises:
-        CurveKeyError: naming the file or folder that is wrong.
-    """
-    public, secret = _load(secret_file, "curve_secret_key")
-    if not secret:
-        raise CurveKeyError(f"{secret_file}: no secret key in it (use the .key_secret file)")
-    if not clients_dir.is_dir():
-        raise CurveKeyError(f"{clients_dir}: not a folder of client public keys", "curve_clients")
-    clients = set()
-    for path in sorted(clients_dir.glob("*.key")):
-        client_public, _ = _load(path, "curve_clients")
-        clients.add(zmq.utils.z85.decode(client_public))  # ZAP hands over the raw 32 bytes
-    if not clients:
-        log.warning("zmq ingress: no client key in %s: every CURVE client will be refused", clients_dir)
-    return CurveServerKeys(public, secret, frozenset(clients))
-
-
-def _load(path: Path, option: str) -> tuple[bytes, bytes | None]:
-    if not path.is_file():
-        raise CurveKeyError(f"{path}: no such file", option)
-    try:
-        public, secret = zmq.auth.load_certificate(os.fspath(path))
-    except (OSError, ValueError) as exc:
-        raise CurveKeyError(f"{path}: not a ZeroMQ key file: {exc}", option) from exc
-    if public is None:
-        raise CurveKeyError(f"{path}: no public key in it", option)
-    return public, secret
 
 
 def make_key_pair(folder: Path, name: str) -> tuple[Path, Path]:
@@ -140,7 +89,8 @@ class ZapHandler:
                    f"{address.decode('ascii', 'replace')} (public key {who}; {self.denied} refused so far)")
         return [version, request_id, b"400", b"not on the allow-list", b"", b""]
 
-    async def run(self, ctx: zmq.Context[Any], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, ctx: zmq.Context[Any], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve ZAP in ``ctx`` until cancelled (start it before binding the CURVE socket)."""
         sock = ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)

@@ -28,7 +28,7 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 

@@ -31,15 +31,19 @@ import socket
 import time
 import urllib.parse
 from email.utils import formatdate
-from typing import Any, Callable
+from collections.abc import MutableMapping
+from typing import Any
+from collections.abc import Callable
 
 import httptools
 import trio
 
 from ..config import Settings
+from ..runtime_api import IngressRuntime
 from .access import DENIED_BODY, ASGIApp, is_allowed
+from .answers import client_peer, sylk_json
 from .bearer import OPEN_PATHS, client_of
-from .http import HttpRuntime, answer_push_v1, client_peer, sylk_json
+from .http import answer_push_v1
 from .server_errors import error_body
 
 logger = logging.getLogger("sidecar.ingress.fast_http")
@@ -123,7 +127,7 @@ class _Request:
 class _Connection:
     """httptools callbacks for one connection: complete requests queue in ``ready``."""
 
-    def __init__(self, server: "FastHttpServer", peer: tuple[Any, ...] | None):
+    def __init__(self, server: FastHttpServer, peer: tuple[Any, ...] | None):
         self.server = server
         self.peer = peer
         self.client = (peer[0], peer[1]) if peer else None
@@ -224,11 +228,11 @@ class FastHttpServer:
 
     Args:
         app: the full ASGI application, for every request but ``POST /push``.
-        runtime: what ``POST /push`` needs (see :class:`~sidecar.ingress.http.HttpRuntime`).
+        runtime: what ``POST /push`` needs (see :class:`~sidecar.ingress.http.IngressRuntime`).
         current_settings: returns the settings in force (read per request).
     """
 
-    def __init__(self, app: ASGIApp, runtime: HttpRuntime, current_settings: Callable[[], Settings]):
+    def __init__(self, app: ASGIApp, runtime: IngressRuntime, current_settings: Callable[[], Settings]):
         self.app = app
         self.runtime = runtime
         self.current_settings = current_settings
@@ -406,7 +410,7 @@ class FastHttpServer:
             await done.wait()
             return {"type": "http.disconnect"}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 start.update(message)
             elif message["type"] == "http.response.body":

@@ -8,170 +8,46 @@ Sylk shape ``{"code": int, "description": str, "data": object}``; framework
 errors (unknown route, wrong method, validation) are reshaped by exception
 handlers and never show a traceback.
 
-The endpoints take the raw :class:`~starlette.requests.Request` and do their
-own decoding and validation (:mod:`sidecar.ingress.fields`): Sylk's lenient
-coercions and exact messages do not fit a pydantic model.  The request
-schemas still appear in the OpenAPI document at ``/docs``.  ``POST /push``,
+The endpoints take the raw :class:`~starlette.requests.Request`; the body
+becomes a :class:`~sidecar.model.PushRequest` and goes through
+:mod:`sidecar.admission` (Sylk's lenient coercions and exact messages do not
+fit a pydantic model).  The request schemas still appear in the OpenAPI
+document at ``/docs`` (:mod:`.api_docs`).  ``POST /push``,
 the busy route, is answered by a third middleware (:class:`PushFastLane`)
 that calls the same handler without FastAPI's routing and dependency layers:
 about 80 us per request instead of 180 us (measured in-process).
 
-The HTTP layer never decides how a push is sent: it hands the validated Push
+The HTTP layer never decides how a push is sent: it hands the admitted Push
 to the runtime (``dispatch`` to wait for the outcome, ``spawn`` to answer at
-once), see :class:`HttpRuntime`.
+once), see :class:`~sidecar.runtime_api.IngressRuntime`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable
 
 import trio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from ..apps.base import AppType
-from ..config import AppConfig, Settings
-from ..model import Outcome, Push, PushValidationError
-from ..store.base import StoreUnavailable, TokenStore
+from ..admission import admit, request_from_json
+from ..config import Settings
+from ..model import PushValidationError
+from ..runtime_api import IngressRuntime
+from ..store.base import StoreUnavailable
+from . import server_errors
 from .access import AccessListMiddleware, ASGIApp, Message, Receive, Scope, Send
+from .answers import client_peer, decode_json, push_answer_json, send_json, sylk_json, sylk_response
+from .api_docs import ERROR_RESPONSES, PushRequestDoc, SylkAnswer, request_body_doc
 from .bearer import BearerTokenMiddleware
-from .fields import build_push, parse_v1_fields
+from .http_v2 import create_v2_router
 
 logger = logging.getLogger("sidecar.ingress.http")
-
-
-class HttpRuntime(Protocol):
-    """What the HTTP API needs from the running daemon (duck-typed).
-
-    ``settings`` and ``app_types`` may be replaced by a reload at any time;
-    each request reads them once.
-    """
-
-    settings: Settings
-    app_types: Mapping[str, AppType]
-    store: TokenStore
-
-    async def dispatch(self, push: Push, app: AppConfig, app_type: AppType) -> Outcome:
-        """Send ``push`` and return its single outcome (never raises)."""
-        ...
-
-    def spawn(self, push: Push, app: AppConfig, app_type: AppType) -> None:
-        """Start sending ``push`` in the runtime's nursery and return at once."""
-        ...
-
-
-# -- the Sylk answer shape -----------------------------------------------------------------
-
-
-def sylk_response(
-    code: int,
-    description: str,
-    data: Any = None,
-    *,
-    status: int | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    """A JSON answer ``{"code", "description", "data"}`` (HTTP status = ``code`` by default)."""
-    return Response(
-        sylk_json(code, description, data),
-        status_code=code if status is None else status,
-        headers=headers,
-        media_type="application/json",
-    )
-
-
-def json_response(
-    content: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    """A JSON answer of any shape (the v2 token routes keep the original's bodies)."""
-    return Response(
-        encode_json(content), status_code=status, headers=headers, media_type="application/json"
-    )
-
-
-def sylk_json(code: int, description: str, data: Any = None) -> bytes:
-    """The encoded Sylk answer ``{"code", "description", "data"}``."""
-    return encode_json(
-        {"code": code, "description": description, "data": {} if data is None else data}
-    )
-
-
-# One encoder for every answer: json.dumps with options builds a new one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def encode_json(content: Any) -> bytes:
-    return _ENCODER.encode(content).encode()
-
-
-async def read_json_body(request: Request) -> Any:
-    """The decoded JSON body of ``request`` (see :func:`decode_json`)."""
-    return decode_json(await request.body())
-
-
-def decode_json(raw: bytes) -> Any:
-    """Decode a request body.
-
-    Raises:
-        PushValidationError: 400 for an empty or malformed body.
-    """
-    if not raw.strip():
-        raise PushValidationError("Request body is empty; a JSON object is expected", 400)
-    try:
-        return json.loads(raw)
-    # JSONDecodeError and UnicodeDecodeError are ValueErrors; deep nesting recurses.
-    except (ValueError, RecursionError) as exc:
-        raise PushValidationError(f"Request body is not valid JSON: {exc}", 400) from exc
-
-
-def outcome_data(push: Push, outcome: Outcome) -> dict[str, Any]:
-    """The ``data`` of a push answer (Sylk's keys)."""
-    return {
-        "code": outcome.code,
-        "reason": outcome.reason,
-        "url": outcome.url,
-        "platform": push.platform,
-        "call_id": push.call_id,
-        "token": push.token,
-        "body": dict(outcome.body) if outcome.body else {},
-    }
-
-
-def push_answer_json(status: int, push: Push, outcome: Outcome) -> bytes:
-    """``sylk_json(status, "push notification response", outcome_data(push, outcome))``.
-
-    The same bytes, written out for the usual value types (one answer per
-    push); anything else goes through the encoder.
-    """
-    code, reason, url = outcome.code, outcome.reason, outcome.url
-    platform, call_id, token = push.platform, push.call_id, push.token
-    if not (status.__class__ is int and code.__class__ is int
-            and (reason is None or reason.__class__ is str)
-            and (url is None or url.__class__ is str)
-            and platform.__class__ is str and call_id.__class__ is str
-            and token.__class__ is str):
-        return sylk_json(status, "push notification response", outcome_data(push, outcome))
-    quote = _quote
-    body = outcome.body
-    return (
-        f'{{"code":{status},"description":"push notification response","data":{{'
-        f'"code":{code},"reason":{"null" if reason is None else quote(reason)},'
-        f'"url":{"null" if url is None else quote(url)},"platform":{quote(platform)},'
-        f'"call_id":{quote(call_id)},"token":{quote(token)},'
-        f'"body":{_ENCODER.encode(dict(body)) if body else "{}"}}}}}'
-    ).encode()
-
-
-# What the encoder writes for a str (ensure_ascii=False).
-_quote = json.encoder.encode_basestring
-
 
 # -- middleware: body size -----------------------------------------------------------------
 
@@ -241,31 +117,10 @@ async def _send_raw(send: Send, code: int, description: str) -> None:
     await send_json(send, code, sylk_json(code, description), close=True)
 
 
-async def send_json(send: Send, status: int, body: bytes, *, close: bool = False) -> None:
-    """Send a complete JSON response through a raw ASGI ``send``."""
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 # -- v1 push: the core and its fast lane ----------------------------------------------------
 
 
-def client_peer(scope: Scope) -> str | None:
-    """``host:port`` (``[v6]:port``) of the HTTP client, for the log lines."""
-    client = scope.get("client")
-    if not client:
-        return None
-    host, port = client[0], client[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-async def answer_push_v1(runtime: HttpRuntime, raw: bytes, peer: str | None = None) -> tuple[int, bytes]:
+async def answer_push_v1(runtime: IngressRuntime, raw: bytes, peer: str | None = None) -> tuple[int, bytes]:
     """Handle one v1 push request body; return (HTTP status, JSON answer).
 
     ``peer`` is the client (:func:`client_peer`).  Validation errors become
@@ -273,9 +128,8 @@ async def answer_push_v1(runtime: HttpRuntime, raw: bytes, peer: str | None = No
     """
     settings = runtime.settings
     try:
-        fields = parse_v1_fields(decode_json(raw))
-        push, application, app_type = build_push(
-            fields,
+        push, application, app_type = admit(
+            request_from_json(decode_json(raw)),
             settings=settings,
             app_types=runtime.app_types,
             source="http",
@@ -304,7 +158,7 @@ class PushFastLane:
     is already buffered) and answers exactly what the FastAPI route would.
     """
 
-    def __init__(self, app: ASGIApp, runtime: HttpRuntime):
+    def __init__(self, app: ASGIApp, runtime: IngressRuntime):
         self.app = app
         self.runtime = runtime
 
@@ -334,9 +188,9 @@ class PushFastLane:
 #: ours already (fastapi-offline); this also stops ReDoc's footer from asking
 #: Redocly's CDN for its logo (the image is then left out, by ReDoc itself).
 DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
-).encode()
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
 DOCS_PAGES = frozenset({"/docs", "/redoc"})
 
 
@@ -360,79 +214,18 @@ class DocsPolicy:
         await self.app(scope, receive, send_with_policy)
 
 
-# -- OpenAPI documentation models (not used for validation) --------------------------------
-
-
-class SylkAnswer(BaseModel):
-    """Every answer of the API has this shape."""
-
-    code: int = Field(description="the result code (for a push: the push service's result)")
-    description: str
-    data: Any = Field(default_factory=dict)
-
-
-class PushRequestDoc(BaseModel):
-    """The v1 push request (Sylk Pushserver keys, hyphenated)."""
-
-    app_id: str = Field(alias="app-id", description="the application id (bundle id)")
-    platform: str = Field(description="apple/ios/apns or firebase/android/fcm")
-    token: str = Field(description="the device token")
-    call_id: str = Field(alias="call-id")
-    from_: str = Field(alias="from", description="caller SIP URI")
-    to: str | None = Field(None, description="callee SIP URI (required by sylk apps)")
-    event: str | None = Field(
-        None,
-        description="incoming_session, incoming_conference_request, cancel, message, transfer",
-    )
-    device_id: str | None = Field(None, alias="device-id")
-    from_display_name: str | None = Field(None, alias="from-display-name")
-    media_type: str | None = Field(
-        None,
-        alias="media-type",
-        description="audio, video, image, chat, sms, file-transfer; required unless cancel",
-    )
-    silent: bool | str | int = Field(True, description="true/false, 1/0, \"1\"/\"0\"")
-    reason: str | None = None
-    badge: int | str = 1
-    filename: str | None = None
-    filetype: str | None = None
-    account: str | None = None
-    content: str | None = None
-    content_type: str | None = Field(None, alias="content-type")
-
-
-def request_body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` documenting ``model`` as the JSON request body."""
-    schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
-    return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
-    }
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": SylkAnswer, "description": "invalid request"},
-    403: {"model": SylkAnswer, "description": "access denied by access list"},
-    404: {"model": SylkAnswer, "description": "platform or application not configured"},
-    413: {"model": SylkAnswer, "description": "request body too large"},
-}
-
-
 # -- the application -------------------------------------------------------------------------
 
 
-def create_http_app(runtime: HttpRuntime, *, fast_lane: bool = True) -> ASGIApp:
+def create_http_app(runtime: IngressRuntime, *, fast_lane: bool = True) -> ASGIApp:
     """Build the ASGI application of the HTTP API (v1, v2, health, docs).
 
     Args:
-        runtime: the running daemon, see :class:`HttpRuntime`.  Its
+        runtime: the running daemon, see :class:`~sidecar.runtime_api.IngressRuntime`.  Its
           ``settings`` are read on every request, so reloads apply at once.
         fast_lane: answer ``POST /push`` in :class:`PushFastLane` rather
           than through FastAPI (same answers, about half the cost).
     """
-    # Imported here: http_v2 uses this module's helpers.
-    from . import server_errors
-    from .http_v2 import create_v2_router
-
     server_errors.install()
 
     # /docs (Swagger UI) and /redoc from assets shipped in the fastapi-offline

@@ -17,30 +17,19 @@ shape.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from .. import fanout
+from ..admission import check_text, parse_json_fields, request_from_json, require, resolve_application
 from ..model import PushValidationError, canonical_platform
+from ..runtime_api import IngressRuntime
 from ..store.base import DeviceRecord
-from .fields import check_text, parse_v1_fields, resolve_application
-from .http import (
-    ERROR_RESPONSES,
-    HttpRuntime,
-    SylkAnswer,
-    client_peer,
-    json_response,
-    outcome_data,
-    read_json_body,
-    request_body_doc,
-    sylk_response,
-)
-
-# Events sent to the background token when the device has one (fanout.py decides).
-BACKGROUND_TOKEN_EVENTS = fanout.BACKGROUND_TOKEN_EVENTS
+from .answers import client_peer, json_response, outcome_data, read_json_body, sylk_response
+from .api_docs import ERROR_RESPONSES, AddTokenDoc, PushV2Doc, RemoveTokenDoc, SylkAnswer, request_body_doc
 
 _URN_UUID_PREFIX = "<urn:uuid:"
 
@@ -96,55 +85,17 @@ def check_account(account: str) -> str:
     return account
 
 
-def require(fields: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+def require_keys(fields: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse a token request missing one of ``keys`` (400 naming the first)."""
     for key in keys:
         if fields.get(key) is None:
             raise PushValidationError(f"Field '{key}' required", 400)
 
 
-# -- OpenAPI documentation models (not used for validation) --------------------------------
-
-
-class AddTokenDoc(BaseModel):
-    """Store a device token for an account."""
-
-    app_id: str = Field(alias="app-id")
-    platform: str
-    token: str = Field(description="for apple: '<voip>-<regular>' stores both tokens")
-    device_id: str = Field(alias="device-id")
-    silent: bool | str | int = True
-    user_agent: str | None = Field(None, alias="user-agent")
-
-
-class RemoveTokenDoc(BaseModel):
-    """Forget one device (or every device of the app when device-id is absent)."""
-
-    app_id: str = Field(alias="app-id")
-    device_id: str | None = Field(None, alias="device-id")
-
-
-class PushV2Doc(BaseModel):
-    """Push to the stored devices of an account."""
-
-    call_id: str = Field(alias="call-id")
-    from_: str = Field(alias="from")
-    to: str
-    event: str | None = None
-    from_display_name: str | None = Field(None, alias="from-display-name")
-    media_type: str | None = Field(None, alias="media-type")
-    reason: str | None = None
-    filename: str | None = None
-    filetype: str | None = None
-    account: str | None = None
-    content: str | None = None
-    content_type: str | None = Field(None, alias="content-type")
-    badge: int | str = 1
-
-
 # -- routes ------------------------------------------------------------------------------------
 
 
-def create_v2_router(runtime: HttpRuntime) -> APIRouter:
+def create_v2_router(runtime: IngressRuntime) -> APIRouter:
     """The ``/v2/tokens`` routes, bound to ``runtime``."""
     router = APIRouter(prefix="/v2/tokens", tags=["v2"])
 
@@ -156,9 +107,10 @@ def create_v2_router(runtime: HttpRuntime) -> APIRouter:
     )
     async def add_token(account: str, request: Request) -> Response:
         check_account(account)
-        fields = parse_v1_fields(await read_json_body(request))
-        require(fields, ("app-id", "platform", "token", "device-id"))
-        platform, _, _ = resolve_application(fields, runtime.settings, runtime.app_types)
+        fields = parse_json_fields(await read_json_body(request))
+        require_keys(fields, ("app-id", "platform", "token", "device-id"))
+        platform, _, _ = resolve_application(fields["platform"], fields["app-id"], runtime.settings,
+                                             runtime.app_types)
         device_id = normalize_device_id(fields["device-id"])
         token, background = fields["token"], None
         if platform == "apple":
@@ -194,8 +146,8 @@ def create_v2_router(runtime: HttpRuntime) -> APIRouter:
     )
     async def remove_token(account: str, request: Request) -> Response:
         check_account(account)
-        fields = parse_v1_fields(await read_json_body(request))
-        require(fields, ("app-id",))
+        fields = parse_json_fields(await read_json_body(request))
+        require_keys(fields, ("app-id",))
         device_id = fields.get("device-id")
         if device_id is not None:
             device_id = normalize_device_id(device_id)
@@ -205,7 +157,7 @@ def create_v2_router(runtime: HttpRuntime) -> APIRouter:
             return json_response({"result": "Not found"}, status=404)
         return json_response({"app-id": fields["app-id"], "device-id": device_id})
 
-    push_doc = {
+    push_doc: dict[str, Any] = {
         "summary": "Push to an account's devices",
         "response_model": SylkAnswer,
         "responses": ERROR_RESPONSES,
@@ -225,12 +177,12 @@ def create_v2_router(runtime: HttpRuntime) -> APIRouter:
 
 
 async def push_to_devices(
-    runtime: HttpRuntime, account: str, device_id: str | None, request: Request
+    runtime: IngressRuntime, account: str, device_id: str | None, request: Request
 ) -> Response:
     """Send one push per stored device, concurrently; remove dead tokens afterwards."""
     check_account(account)
-    fields = parse_v1_fields(await read_json_body(request))
-    require(fields, ("call-id", "from", "to"))
+    push_request = request_from_json(await read_json_body(request))
+    require(push_request, ("call-id", "from", "to"))
     devices = await runtime.store.devices(account)
     if device_id is not None:
         devices = [d for d in devices if d.device_id == device_id]
@@ -238,7 +190,7 @@ async def push_to_devices(
         what = "user" if device_id is None else "device"
         return sylk_response(404, f"Push request was not sent: {what} not found")
 
-    results = await fanout.push_to_devices(runtime, account, devices, fields, source="http-v2",
+    results = await fanout.push_to_devices(runtime, account, devices, push_request, source="http-v2",
                                            peer=client_peer(request.scope))
     data = []
     for result in results:
@@ -246,7 +198,7 @@ async def push_to_devices(
         if result.push is None or result.outcome is None:
             assert result.error is not None
             data.append(device_result(
-                device, call_id=fields["call-id"], code=result.error.status, reason=result.error.message
+                device, call_id=push_request.call_id or "", code=result.error.status, reason=result.error.message
             ))
             continue
         entry = outcome_data(result.push, result.outcome)

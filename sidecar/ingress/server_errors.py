@@ -25,6 +25,9 @@ import logging
 from http import HTTPStatus
 from itertools import chain
 from time import time
+from typing import Any
+
+from .answers import sylk_json
 
 logger = logging.getLogger("sidecar.ingress.http")
 
@@ -45,8 +48,6 @@ _installed = False
 
 def error_body(status: int) -> bytes:
     """The Sylk answer for a status Hypercorn produced itself."""
-    from .http import sylk_json
-
     description = DESCRIPTIONS.get(status)
     if description is None:
         try:
@@ -75,14 +76,14 @@ def install() -> None:
     from hypercorn.protocol.events import Body, EndBody, Response
     from hypercorn.protocol.http_stream import ASGIHTTPState
 
-    async def h11_error_response(self, status_code: int) -> None:
+    async def h11_error_response(self: Any, status_code: int) -> None:
         body = error_body(status_code)
         headers = list(chain(_headers(body), self.config.response_headers("h11")))
         await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
         await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
 
-    async def stream_error_response(self, status_code: int) -> None:
+    async def stream_error_response(self: Any, status_code: int) -> None:
         body = error_body(status_code)
         await self.send(Response(stream_id=self.stream_id, headers=_headers(body), status_code=status_code))
         await self.send(Body(stream_id=self.stream_id, data=body))

@@ -7,7 +7,8 @@ endpoint and turns each frame into exactly one of these ends, each counted in
 duplicates + shed + handler_errors`` always holds:
 
 * ``bad``: the frame does not decode (logged, rate-limited; never fatal);
-* ``shed``: the dispatcher is full (``overloaded()`` is true): the message is
+* ``shed``: the dispatcher or the dispatch queue is full (``overloaded()`` is
+  true): the message is
   given to ``on_discard(msg, "overloaded")`` at once, without a task, so the
   reader keeps draining the socket faster than messages arrive and never
   falls behind their time to live;
@@ -16,7 +17,8 @@ duplicates + shed + handler_errors`` always holds:
 * ``duplicates``: the same (call-id, event, token or account) was already
   accepted within its ttl;
 * ``accepted``: handed to ``handler(msg)``, a plain function that must not
-  block (the service starts a task per push in a bounded nursery);
+  block (the service's :class:`~.proxy.ProxyIngress` admits it and queues it
+  for a bounded number of concurrent dispatches);
 * ``handler_errors``: the handler raised (a bug; logged).
 
 Expired, shed and duplicate messages are also given to the optional
@@ -47,21 +49,22 @@ import heapq
 import logging
 import os
 import time
-from typing import Any, Callable, Hashable
+from typing import Any
+from collections.abc import Callable, Hashable
 
 import trio
 import zmq
 
-from sidecar.model import DEFAULT_TTL
+from sidecar.model import default_ttl
 from sidecar.ingress.endpoint_guard import EndpointError, EndpointInUse, claim_ipc_path, tcp_in_use_message
 from sidecar.wire import RateLimitedLog, WireError, WireMessage, decode
 
-from .curve import CurveServerKeys, ZapHandler, apply_server_keys
+from ..key_files import CurveServerKeys
+from .curve import ZapHandler, apply_server_keys
 
 log = logging.getLogger(__name__)
 
 _FAIRNESS_BATCH = 1000
-_TTL_BY_EVENT = {event.value: ttl for event, ttl in DEFAULT_TTL.items()}
 
 Handler = Callable[[WireMessage], Any]
 DiscardCallback = Callable[[WireMessage, str], Any]
@@ -82,18 +85,6 @@ class ZmqIngressCounters:
 
     def snapshot(self) -> dict[str, int]:
         return dataclasses.asdict(self)
-
-
-def message_ttl(msg: WireMessage) -> float:
-    """The useful life of a message in seconds (its own, or the event's default)."""
-    return msg.ttl if msg.ttl is not None else _TTL_BY_EVENT.get(msg.event, 45)
-
-
-def remaining_ttl(msg: WireMessage, wall_now: float) -> float:
-    """Seconds of useful life left at ``wall_now`` (never more than its ttl:
-    a proxy clock ahead of ours must not lengthen it)."""
-    ttl = message_ttl(msg)
-    return max(0.0, min(float(ttl), msg.sent_at + ttl - wall_now))
 
 
 class RecentKeys:
@@ -180,7 +171,7 @@ class _Reader:
             self.warn_bad(f"zmq ingress: bad frame ignored ({counters.bad} so far): {exc}")
             return
         now = self.wall_clock()
-        ttl = msg.ttl if msg.ttl is not None else _TTL_BY_EVENT.get(msg.event, 45)
+        ttl = msg.ttl if msg.ttl is not None else default_ttl(msg.event)
         expires = msg.sent_at + ttl
         if expires <= now:
             counters.expired += 1
@@ -297,7 +288,7 @@ async def _serve_bound(endpoint: str, ipc_path: str | None, reader: _Reader,
             if ipc_path is not None:
                 os.chmod(ipc_path, ipc_socket_mode)
             bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            fd = sock.getsockopt(zmq.FD)
+            fd = int(sock.getsockopt(zmq.FD))
             log.info("zmq ingress: listening on %s%s", bound, " (CURVE)" if curve is not None else "")
             task_status.started(bound)
             await _read_loop(sock, fd, reader.frame)
@@ -331,7 +322,7 @@ async def _read_loop(sock: zmq.Socket[Any], fd: int, on_frame: Callable[[bytes],
                 batch = 0
                 await trio.lowlevel.checkpoint()
         # An edge may have come and gone while we drained: ask once more.
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             await trio.lowlevel.checkpoint()
             continue
         await trio.lowlevel.wait_readable(fd)

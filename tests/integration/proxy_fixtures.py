@@ -109,7 +109,8 @@ def render_config(template: str, values: dict[str, str]) -> str:
         pattern = re.compile(rf'^#!substdef "!{re.escape(name)}!.*!g"$', re.MULTILINE)
         if "!" in value:
             raise ValueError(f"{name}: '!' cannot appear in a substdef value")
-        out, count = pattern.subn(lambda _m: f'#!substdef "!{name}!{value}!g"', out)
+        replacement = f'#!substdef "!{name}!{value}!g"'
+        out, count = pattern.subn(lambda _m, text=replacement: text, out)
         if count != 1:
             raise KeyError(f"no #!substdef line for {name} in the template")
     return out
@@ -203,7 +204,7 @@ def _wait_until_answering(kam: Proxy, timeout: float = 15.0) -> None:
             try:
                 if s.recv(4096).startswith(b"SIP/2.0 "):
                     return
-            except socket.timeout:
+            except TimeoutError:
                 continue
     raise AssertionError(f"{kam.name} did not answer within {timeout} s:\n{kam.log()}")
 
@@ -221,7 +222,7 @@ class SippRun:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
-            raise AssertionError(f"sipp {self.name} still running after {timeout} s:\n{self.output()}")
+            raise AssertionError(f"sipp {self.name} still running after {timeout} s:\n{self.output()}") from None
 
     def output(self) -> str:
         text = []
@@ -313,7 +314,8 @@ def render_opensips_config(template: str, values: dict[str, str]) -> str:
     out = template
     for name, value in values.items():
         pattern, line = patterns[name]
-        out, count = re.subn(pattern, lambda _m: line.format(value), out, flags=re.MULTILINE)
+        replacement = line.format(value)
+        out, count = re.subn(pattern, lambda _m, text=replacement: text, out, flags=re.MULTILINE)
         if count != 1:
             raise KeyError(f"{name}: {count} lines match {pattern!r} in opensips.cfg")
     return out

@@ -34,7 +34,8 @@ def apns_records(sim: Simulator) -> list[dict]:
     return [r for r in sim.requests if r["path"].startswith("/3/device/")]
 
 
-async def test_sylk_incoming_call_reaches_apns_with_token_auth(client: httpx.AsyncClient, sim: Simulator, sim_credentials) -> None:
+async def test_sylk_incoming_call_reaches_apns_with_token_auth(client: httpx.AsyncClient, sim: Simulator,
+                                                               sim_credentials) -> None:
     before = time.time()
     answer = await client.post("/push", json=sylk_body(sim_credentials))
     assert answer.status_code == 200, answer.text

@@ -167,7 +167,8 @@ async def test_fuzz_http_bodies_never_5xx_from_our_code(
             reply = await client.post(rng.choice(paths), content=body,
                                       headers={"content-type": "application/json"})
             statuses.append(reply.status_code)
-            assert sylk_shaped(reply.json()) or reply.request.url.path.startswith("/v2/tokens/alice@example.com") and reply.status_code < 500
+            assert (sylk_shaped(reply.json())
+                    or reply.request.url.path.startswith("/v2/tokens/alice@example.com") and reply.status_code < 500)
     # 5xx may only be a push service's verdict (502/504 for a failed/expired push).
     assert not [s for s in statuses if s >= 500 and s not in (502, 503, 504)]
     assert not tracebacks(caplog), [r.getMessage()[:200] for r in tracebacks(caplog)]
@@ -263,7 +264,7 @@ async def test_fuzz_zmq_frames_are_counted_and_never_crash(
     c = counters
     assert c.frames == c.accepted + c.bad + c.expired + c.duplicates + c.handler_errors
     assert c.handler_errors == 0
-    assert c.accepted > 0 and sidecar.runtime.proxy_ingress.rejected > 0  # the fuzz reached build_push
+    assert c.accepted > 0 and sidecar.runtime.proxy_ingress.rejected > 0  # the fuzz reached admission
     assert not tracebacks(caplog), [r.getMessage()[:200] for r in tracebacks(caplog)]
     await assert_every_push_logged(client)
 

@@ -28,7 +28,8 @@ from test_goaway_end_to_end import call_body
 
 def with_server_options(config_dir: Path, *lines: str) -> Path:
     general = config_dir / "general.ini"
-    general.write_text(general.read_text().replace("[server]\n", "[server]\n" + "".join(f"{l}\n" for l in lines), 1))
+    added = "".join(f"{line}\n" for line in lines)
+    general.write_text(general.read_text().replace("[server]\n", "[server]\n" + added, 1))
     return config_dir
 
 

@@ -13,7 +13,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest

@@ -19,7 +19,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest

@@ -219,7 +219,7 @@ def silent_port(port: int, seconds: float) -> bytes | None:
         s.settimeout(seconds)
         try:
             return s.recv(65535)
-        except socket.timeout:
+        except TimeoutError:
             return None
 
 

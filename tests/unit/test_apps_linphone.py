@@ -7,7 +7,7 @@ import time
 import pytest
 
 from sidecar.apps.linphone import LinphoneAppType, send_time
-from sidecar.model import Event, Push, PushValidationError
+from sidecar.model import Event, Push, PushRequest, PushValidationError
 
 NOW = 1_700_000_000.0
 LINPHONE = LinphoneAppType()
@@ -28,13 +28,13 @@ def test_send_time_is_local_time():
 
 
 def test_check_request_defaults_event():
-    assert LINPHONE.check_request({"to": "x"}) == {"to": "x", "event": "incoming_session"}
-    assert LINPHONE.check_request({"event": "incoming_session"})["event"] == "incoming_session"
+    assert LINPHONE.check_request(PushRequest(to_uri="x")) == PushRequest(to_uri="x", event="incoming_session")
+    assert LINPHONE.check_request(PushRequest(event="incoming_session")).event == "incoming_session"
 
 
 def test_check_request_refuses_other_events_with_404():
     with pytest.raises(PushValidationError) as info:
-        LINPHONE.check_request({"event": "cancel"})
+        LINPHONE.check_request(PushRequest(event="cancel"))
     assert info.value.status == 404
     assert "cancel" in info.value.message and "linphone" in info.value.message
 

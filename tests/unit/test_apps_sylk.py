@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from sidecar.apps.sylk import SylkAppType, fcm_data, fcm_ttl, topic_base, voip_topic
-from sidecar.model import Event, Push, PushValidationError, session_id
+from sidecar.model import Event, Push, PushRequest, PushValidationError, session_id
 
 NOW = 1_700_000_000.0
 SYLK = SylkAppType()
@@ -40,11 +41,11 @@ def test_session_id_is_md5_as_uuid():
 
 
 def test_check_request_requires_silent_to_event():
-    base = {"silent": True, "to": "sip:b@c", "event": "cancel"}
+    base = PushRequest(silent=True, to_uri="sip:b@c", event="cancel")
     assert SYLK.check_request(base) == base
-    for key in base:
+    for name, key in [("silent", "silent"), ("to_uri", "to"), ("event", "event")]:
         with pytest.raises(PushValidationError, match=f"Field '{key}' required"):
-            SYLK.check_request({k: v for k, v in base.items() if k != key})
+            SYLK.check_request(dataclasses.replace(base, **{name: None}))
 
 
 # -- Apple ----------------------------------------------------------------------------------------

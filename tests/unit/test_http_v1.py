@@ -391,7 +391,7 @@ async def test_through_a_real_hypercorn_trio_server():
     Outcome(OutcomeKind.TOKEN_DEAD, 410, "Unregistered", body={"timestamp": 1, "x": [None, True]}),
 ])
 def test_push_answer_json_is_byte_identical_to_the_generic_encoding(outcome):
-    from sidecar.ingress.http import outcome_data, push_answer_json, sylk_json
+    from sidecar.ingress.answers import outcome_data, push_answer_json, sylk_json
     from sidecar.model import Event, Push
 
     push = Push(app_id="com.ag.sylk", platform="apple", token='tok\u00e9"\\', event=Event.INCOMING_SESSION,

@@ -106,7 +106,8 @@ async def test_importing_twice_leaves_no_duplicates_and_takes_new_values(tmp_pat
     path = write_pickle(tmp_path / "webrtc_device_tokens", SYLK_DATA)
     first = await import_sylk_pickle(path, store)
     assert (first.devices, first.already_present) == (3, 0)
-    changed = {"alice@example.com": {"k": dict(SYLK_DATA["alice@example.com"]["com.agprojects.sylk-DEV2"], token="newer")}}
+    known = SYLK_DATA["alice@example.com"]["com.agprojects.sylk-DEV2"]
+    changed = {"alice@example.com": {"k": dict(known, token="newer")}}
     report = await import_sylk_pickle(write_pickle(tmp_path / "again", changed), store)
     assert (report.devices, report.already_present) == (1, 0)  # new values replace the stored ones
     report = await import_sylk_pickle(path, store)

@@ -11,7 +11,7 @@ import zmq
 
 from sidecar import model, wire
 from sidecar.wire import (
-    WireError, decode, encode_account, encode_direct, push_target, strip_pn_params, to_sylk_fields, uri_params,
+    WireError, decode, encode_account, encode_direct, push_target, strip_pn_params, uri_params,
 )
 
 CALL = dict(event="incoming_session", call_id="c1@host", from_uri="sip:alice@x", to_uri="sip:bob@x")
@@ -207,31 +207,6 @@ def test_optional_nil_and_empty_strings_count_as_absent():
     assert msg.display_name is None and msg.media_type is None and msg.reason is None
 
 
-# -- Sylk fields ------------------------------------------------------------
-
-
-def test_to_sylk_fields_direct():
-    msg = decode(encode_direct(**CALL, pn_provider="apns", pn_prid="A:remote&B:voip",
-                               pn_param="T.com.x.app.voip", display_name="Alice",
-                               media_type="audio", device_id="d1", silent=False))
-    assert wire.to_sylk_fields(msg) == {
-        "app-id": "com.x.app", "platform": "apple", "token": "B", "call-id": "c1@host",
-        "from": "sip:alice@x", "to": "sip:bob@x", "event": "incoming_session",
-        "from-display-name": "Alice", "media-type": "audio", "device-id": "d1", "silent": False,
-    }
-
-
-def test_to_sylk_fields_cancel_and_account():
-    msg = decode(encode_direct("cancel", "c", "sip:a@x", "sip:b@x", app_id="a", platform="apple",
-                               token="t", reason="answered elsewhere"))
-    fields = wire.to_sylk_fields(msg)
-    assert fields["reason"] == "answered elsewhere" and fields["silent"] is True
-    assert "media-type" not in fields
-    fields = wire.to_sylk_fields(decode(encode_account(**CALL, account="bob@x")))
-    assert not {"app-id", "platform", "token", "account"} & fields.keys()
-    assert fields["call-id"] == "c1@host"
-
-
 # -- sender -----------------------------------------------------------------
 
 
@@ -366,8 +341,6 @@ def test_message_text_travels_with_its_type():
     msg = decode(encode_direct("message", "c", "sip:a@x", "sip:b@x", app_id="a", platform="apple",
                                token="t", media_type="sms", content="hi", content_type="text/plain"))
     assert (msg.content, msg.content_type) == ("hi", "text/plain")
-    fields = to_sylk_fields(msg)
-    assert (fields["content"], fields["content-type"]) == ("hi", "text/plain")
 
 
 @pytest.mark.parametrize("provider, sandbox", [("apns", False), ("apns.dev", True), ("APNS.DEV", True),

@@ -7,7 +7,6 @@ import stat
 import threading
 import time
 
-import pytest
 import trio
 import zmq
 
@@ -15,8 +14,6 @@ from sidecar import wire
 from sidecar.ingress.zmq import (
     RecentKeys,
     ZmqIngressCounters,
-    message_ttl,
-    remaining_ttl,
     serve_zmq,
 )
 
@@ -246,13 +243,3 @@ def test_recent_keys_expire_and_stay_bounded():
     for i in range(10_000):
         recent.seen(i, now=13, expires=13 + i)
     assert len(recent) == 3 and len(recent._heap) < 10
-
-
-def test_ttl_helpers():
-    msg = wire.decode(frame("x", sent_at=NOW))
-    assert message_ttl(msg) == 45
-    assert remaining_ttl(msg, NOW + 40) == pytest.approx(5)
-    assert remaining_ttl(msg, NOW + 100) == 0
-    assert remaining_ttl(msg, NOW - 1000) == 45  # a proxy clock ahead of ours does not lengthen it
-    msg = wire.decode(wire.encode_account("message", "m", "a", "b", account="u@d", sent_at=NOW))
-    assert message_ttl(msg) == 24 * 3600

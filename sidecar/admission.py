@@ -1,56 +1,56 @@
-"""Sylk request fields -> :class:`~sidecar.model.Push`, shared by every ingress.
+"""Admission: a :class:`~sidecar.model.PushRequest` -> a :class:`~sidecar.model.Push`.
 
-Two steps, kept apart so the ZeroMQ ingress can skip the first:
+The one place where a push is validated and completed, whatever door it
+came through; below every ingress.  Two steps:
 
-1. :func:`parse_v1_fields` checks the JSON types of a v1 request with the
-   lenient coercion of Sylk Pushserver (pydantic v1), because that is what
-   real clients send: ``silent`` as ``"1"`` or ``0``, ``badge`` as ``"3"``,
-   ``null`` for optional fields.
-2. :func:`build_push` applies the rules that need the configuration
-   (platform, application, app type), checks event and media type, and
-   builds the Push with its deadline.  Messages and statuses are Sylk's.
-
-Both take and return dictionaries keyed by the hyphenated Sylk names
-(``app-id``, ``call-id``, ``from``...), with absent keys meaning "not given".
+1. Decoding Sylk's JSON (HTTP v1 and v2): :func:`request_from_json` checks
+   the JSON types with the lenient coercion of Sylk Pushserver (pydantic
+   v1), because that is what real clients send: ``silent`` as ``"1"`` or
+   ``0``, ``badge`` as ``"3"``, ``null`` for optional fields.  The ZeroMQ
+   ingress builds its request from the typed wire message instead.
+2. :func:`admit` applies the rules that need the configuration (platform,
+   application, app type), checks event and media type, applies the
+   defaults and the one time-to-live rule (:func:`life_left`), and builds
+   the Push.  Messages and statuses are Sylk's (they name the JSON keys).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 import re
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
-from ..apps.base import AppType
-from ..config import AppConfig, Settings
-from ..model import (
-    DEFAULT_TTL,
+from .apps.base import AppType
+from .config import AppConfig, Settings
+from .model import (
     EVENTS,
     MEDIA_TYPES,
     PLATFORM_ALIASES,
     Event,
     Push,
+    PushRequest,
     PushValidationError,
     canonical_platform,
+    default_ttl,
 )
 
-STRING_FIELDS = (
-    "app-id",
-    "platform",
-    "token",
-    "call-id",
-    "from",
-    "to",
-    "event",
-    "device-id",
-    "from-display-name",
-    "media-type",
-    "reason",
-    "filename",
-    "filetype",
-    "account",
-    "content",
-    "content-type",
-    "user-agent",
-)
+_REQUEST_FIELDS = dataclasses.fields(PushRequest)
+#: Sylk JSON key -> PushRequest attribute, for the fields JSON carries
+JSON_FIELDS = {f.metadata["json"]: f.name for f in _REQUEST_FIELDS if "json" in f.metadata}
+#: JSON keys of text values, in the order their errors are reported;
+#: ``user-agent`` is a stored device's (v2 token routes), not a push's
+STRING_FIELDS = tuple(
+    f.metadata["json"] for f in _REQUEST_FIELDS if f.metadata.get("kind") is str
+) + ("user-agent",)
+BOOL_FIELDS = tuple(f.metadata["json"] for f in _REQUEST_FIELDS if f.metadata.get("kind") is bool)
+INT_FIELDS = tuple(f.metadata["json"] for f in _REQUEST_FIELDS if f.metadata.get("kind") is int)
+_TEXT_KEYS = tuple(f.metadata["json"] for f in _REQUEST_FIELDS if f.metadata.get("kind") is str)
+_text_values = operator.attrgetter(*(f.name for f in _REQUEST_FIELDS if f.metadata.get("kind") is str))
+_REQUEST_NAMES = tuple(f.name for f in _REQUEST_FIELDS)
+_request_values = operator.attrgetter(*_REQUEST_NAMES)
+
 #: longest accepted value of a text field (characters); others: DEFAULT_MAX_LENGTH
 MAX_LENGTH = {
     "token": 4096,  # APNs tokens are 64 hex digits, FCM ones about 160; room for '<voip>-<regular>'
@@ -59,12 +59,12 @@ MAX_LENGTH = {
     "user-agent": 512,
 }
 DEFAULT_MAX_LENGTH = 1024
-
-BOOL_FIELDS = ("silent",)
-INT_FIELDS = ("badge",)
+_STRING_LIMITS = tuple((key, MAX_LENGTH.get(key, DEFAULT_MAX_LENGTH)) for key in STRING_FIELDS)
 
 #: fields every push needs, in the order they are reported when missing
 REQUIRED_FIELDS = ("app-id", "platform", "token", "call-id", "from")
+#: (JSON key, longest value) of the text fields of a request, in their order
+_TEXT_LIMITS = tuple((key, MAX_LENGTH.get(key, DEFAULT_MAX_LENGTH)) for key in _TEXT_KEYS)
 
 # pydantic v1's accepted spellings of booleans (what Sylk accepted).
 _TRUE_WORDS = frozenset({"1", "true", "on", "yes", "y", "t"})
@@ -74,14 +74,17 @@ _EVENT_LIST = ", ".join(sorted(EVENTS))
 _MEDIA_LIST = ", ".join(sorted(MEDIA_TYPES))
 
 
-def parse_v1_fields(body: Any) -> dict[str, Any]:
-    """Check and coerce the types of a decoded v1 JSON body.
+# -- step 1: Sylk's JSON ----------------------------------------------------------------------
+
+
+def parse_json_fields(body: Any) -> dict[str, Any]:
+    """Check and coerce the types of a decoded Sylk JSON body.
 
     Unknown keys are ignored (as Sylk did); ``null`` means "not given".
 
     Returns:
-        The known fields present, with str, bool (``silent``) and int
-        (``badge``) values.
+        The known fields present, keyed by their JSON names, with str, bool
+        (``silent``) and int (``badge``) values.
 
     Raises:
         PushValidationError: 400 when the body is not an object or a value
@@ -90,13 +93,15 @@ def parse_v1_fields(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise PushValidationError("Request body must be a JSON object", 400)
     fields: dict[str, Any] = {}
-    for key in STRING_FIELDS:
+    for key, limit in _STRING_LIMITS:
         value = body.get(key)
         if value is None:
             continue
         if not isinstance(value, str):
             raise PushValidationError(f"Field '{key}' must be a string", 400)
-        check_text(key, value)
+        # The usual value: short, printable ASCII; anything else is looked at closely.
+        if not (len(value) <= limit and value.isascii() and value.isprintable()):
+            check_text(key, value)
         fields[key] = value
     for key in BOOL_FIELDS:
         value = body.get(key)
@@ -107,6 +112,12 @@ def parse_v1_fields(body: Any) -> dict[str, Any]:
         if value is not None:
             fields[key] = coerce_int(key, value)
     return fields
+
+
+def request_from_json(body: Any) -> PushRequest:
+    """The push request of a decoded Sylk JSON body (see :func:`parse_json_fields`)."""
+    fields = parse_json_fields(body)
+    return PushRequest(**{JSON_FIELDS[key]: value for key, value in fields.items() if key in JSON_FIELDS})
 
 
 def check_text(key: str, value: str) -> str:
@@ -141,12 +152,23 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def check_fields_text(fields: Mapping[str, Any]) -> None:
-    """:func:`check_text` on every str value of ``fields`` (what an ingress
-    that skips :func:`parse_v1_fields`, such as ZeroMQ, hands over)."""
-    for key, value in fields.items():
-        if value.__class__ is str:
+def check_request_text(request: PushRequest) -> None:
+    """:func:`check_text` on every text field of ``request`` (named by its JSON key)."""
+    for (key, limit), value in zip(_TEXT_LIMITS, _text_values(request), strict=True):
+        # The usual value: short, printable ASCII; anything else is looked at closely.
+        if value is not None and not (len(value) <= limit and value.isascii() and value.isprintable()):
             check_text(key, value)
+
+
+def require(request: PushRequest, keys: tuple[str, ...]) -> None:
+    """Refuse ``request`` if a field of ``keys`` (JSON names) is not given.
+
+    Raises:
+        PushValidationError: 400 naming the first missing one.
+    """
+    for key in keys:
+        if getattr(request, JSON_FIELDS[key]) is None:
+            raise PushValidationError(f"Field '{key}' required", 400)
 
 
 def coerce_bool(key: str, value: Any) -> bool:
@@ -181,9 +203,9 @@ def coerce_int(key: str, value: Any) -> int:
 
 
 def resolve_application(
-    fields: Mapping[str, Any], settings: Settings, app_types: Mapping[str, AppType]
+    platform_given: str, app_id: str, settings: Settings, app_types: Mapping[str, AppType]
 ) -> tuple[str, AppConfig, AppType]:
-    """Find the configured application of ``fields`` (app-id + platform).
+    """Find the configured application ``app_id`` on ``platform_given`` (any alias).
 
     Returns:
         (canonical platform, application, its app type).
@@ -191,14 +213,12 @@ def resolve_application(
     Raises:
         PushValidationError: 404 for an unknown platform or application.
     """
-    given = fields["platform"]
-    platform = canonical_platform(given)
+    platform = canonical_platform(platform_given)
     known = platform in PLATFORM_ALIASES.values() or any(
         configured == platform for _, configured in settings.applications
     )
     if not known:
-        raise PushValidationError(f"'{given}' platform is not configured", 404)
-    app_id = fields["app-id"]
+        raise PushValidationError(f"'{platform_given}' platform is not configured", 404)
     app = settings.application(app_id, platform)
     if app is None:
         raise PushValidationError(f"{platform.capitalize()} {app_id} app is not configured", 404)
@@ -211,30 +231,41 @@ def resolve_application(
     return platform, app, app_type
 
 
-def build_push(
-    fields: Mapping[str, Any],
+# -- step 2: admission --------------------------------------------------------------------------
+
+
+def life_left(event: str, ttl: float | None, sent_at: float | None, wall_now: float) -> float:
+    """The one time-to-live rule: seconds a push of ``event`` is still worth sending.
+
+    ``ttl`` is the sender's (None: :func:`~sidecar.model.default_ttl`);
+    counted from ``sent_at`` when the sender said when it sent it (ZeroMQ),
+    never lengthened by a sender's clock ahead of ours.
+    """
+    life = float(default_ttl(event) if ttl is None else ttl)
+    if sent_at is None:
+        return life
+    return max(0.0, min(life, sent_at + life - wall_now))
+
+
+def admit(
+    request: PushRequest,
     *,
     settings: Settings,
     app_types: Mapping[str, AppType],
     source: str,
     now: float,
     wall_now: float,
-    ttl: float | None = None,
     peer: str | None = None,
 ) -> tuple[Push, AppConfig, AppType]:
-    """Validate ``fields`` against the configuration and build the Push.
+    """Validate ``request`` against the configuration and build the Push.
 
     Args:
-        fields: hyphenated Sylk keys with typed values (as
-          :func:`parse_v1_fields` returns them: ``silent`` a bool, ``badge``
-          an int); absent keys are "not given".
+        request: what the sender asked for.
         settings: the configuration snapshot to use for the whole request.
         app_types: app types by name.
         source: where the push came from (``http``, ``http-v2``, ``zmq``...).
         now: the trio clock (``trio.current_time()``).
         wall_now: UNIX time (``time.time()``).
-        ttl: the push's useful life in seconds; default
-          :data:`~sidecar.model.DEFAULT_TTL` of its event.
         peer: who sent it (``host:port`` of an HTTP client, a ZeroMQ endpoint).
 
     Returns:
@@ -243,20 +274,19 @@ def build_push(
     Raises:
         PushValidationError: with Sylk's message and status (400 or 404).
     """
-    for key in REQUIRED_FIELDS:
-        if fields.get(key) is None:
-            raise PushValidationError(f"Field '{key}' required", 400)
-    check_fields_text(fields)  # again for ZeroMQ, which skips parse_v1_fields (cheap)
-    platform, app, app_type = resolve_application(fields, settings, app_types)
-    checked = app_type.check_request(fields)
+    require(request, REQUIRED_FIELDS)
+    check_request_text(request)  # again for HTTP (cheap); ZeroMQ's only check
+    assert request.platform is not None and request.app_id is not None  # required above
+    platform, app, app_type = resolve_application(request.platform, request.app_id, settings, app_types)
+    checked = app_type.check_request(request)
 
-    event_name = checked.get("event") or Event.INCOMING_SESSION.value
+    event_name = checked.event or Event.INCOMING_SESSION.value
     if event_name not in EVENTS:
         raise PushValidationError(
             f"Invalid event '{event_name}', expected one of: {_EVENT_LIST}", 400
         )
     event = Event(event_name)
-    media_type = checked.get("media-type")
+    media_type = checked.media_type
     if media_type is None:
         if event is not Event.CANCEL:
             raise PushValidationError("Field 'media-type' required", 400)
@@ -265,31 +295,14 @@ def build_push(
             f"Invalid media-type '{media_type}', expected one of: {_MEDIA_LIST}", 400
         )
 
-    life = DEFAULT_TTL[event] if ttl is None else ttl
-    badge = checked.get("badge")
-    silent = checked.get("silent")
-    push = Push(
-        app_id=checked["app-id"],
+    life = life_left(event_name, checked.ttl, checked.sent_at, wall_now)
+    values = dict(zip(_REQUEST_NAMES, _request_values(checked), strict=True))
+    values.update(
         platform=platform,
-        token=checked["token"],
         event=event,
-        call_id=checked["call-id"],
-        from_uri=checked["from"],
-        to_uri=checked.get("to") or "",
-        deadline=now + life,
-        expires_at=wall_now + life,
-        media_type=media_type,
-        from_display_name=checked.get("from-display-name"),
-        device_id=checked.get("device-id"),
-        silent=True if silent is None else bool(silent),
-        reason=checked.get("reason"),
-        badge=1 if badge is None else int(badge),
-        filename=checked.get("filename"),
-        filetype=checked.get("filetype"),
-        account=checked.get("account"),
-        content=checked.get("content"),
-        content_type=checked.get("content-type"),
-        source=source,
-        peer=peer,
+        to_uri=checked.to_uri or "",
+        silent=True if checked.silent is None else bool(checked.silent),
+        badge=1 if checked.badge is None else int(checked.badge),
     )
+    push = Push(**values, deadline=now + life, expires_at=wall_now + life, source=source, peer=peer)
     return push, app, app_type

@@ -1,4 +1,4 @@
-"""Sylk v1 request fields -> Push: type coercion, every validation message, deadlines."""
+"""Admission: Sylk JSON -> PushRequest -> Push: type coercion, every validation message, deadlines."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 from sidecar.apps.linphone import LinphoneAppType
 from sidecar.apps.sylk import SylkAppType
 from sidecar.config import AppConfig, Settings
-from sidecar.ingress.fields import build_push, parse_v1_fields
-from sidecar.model import Event, PushValidationError
+import dataclasses
+
+from sidecar.admission import admit, life_left, parse_json_fields, request_from_json
+from sidecar.model import Event, PushRequest, PushValidationError
 
 APP_TYPES = {"sylk": SylkAppType(), "linphone": LinphoneAppType()}
 
@@ -44,10 +46,12 @@ def sylk_fields(**changes):
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def build(fields, **kwargs):
+def build(fields, ttl=None, **kwargs):
     kwargs.setdefault("now", 1000.0)
     kwargs.setdefault("wall_now", 1_700_000_000.0)
-    return build_push(fields, settings=SETTINGS, app_types=APP_TYPES, source="test", **kwargs)
+    request = fields if isinstance(fields, PushRequest) else request_from_json(fields)
+    request = dataclasses.replace(request, ttl=ttl)
+    return admit(request, settings=SETTINGS, app_types=APP_TYPES, source="test", **kwargs)
 
 
 def expect_error(fields, message, status):
@@ -57,7 +61,7 @@ def expect_error(fields, message, status):
     assert info.value.status == status
 
 
-# -- parse_v1_fields -------------------------------------------------------------------------
+# -- parse_json_fields -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -66,53 +70,53 @@ def expect_error(fields, message, status):
      ("true", True), ("false", False), ("True", True), ("FALSE", False)],
 )
 def test_silent_coercions(raw, expected):
-    assert parse_v1_fields({"silent": raw})["silent"] is expected
+    assert parse_json_fields({"silent": raw})["silent"] is expected
 
 
 @pytest.mark.parametrize("raw", [2, "maybe", 1.5, [], {}])
 def test_silent_rejects_non_booleans(raw):
     with pytest.raises(PushValidationError, match="Field 'silent' must be a boolean") as info:
-        parse_v1_fields({"silent": raw})
+        parse_json_fields({"silent": raw})
     assert info.value.status == 400
 
 
 @pytest.mark.parametrize(("raw", "expected"), [(3, 3), ("3", 3), (" 7 ", 7), (2.0, 2), ("-1", -1)])
 def test_badge_coercions(raw, expected):
-    assert parse_v1_fields({"badge": raw})["badge"] == expected
+    assert parse_json_fields({"badge": raw})["badge"] == expected
 
 
 @pytest.mark.parametrize("raw", ["three", 1.5, True, [1]])
 def test_badge_rejects_non_integers(raw):
     with pytest.raises(PushValidationError, match="Field 'badge' must be an integer"):
-        parse_v1_fields({"badge": raw})
+        parse_json_fields({"badge": raw})
 
 
 def test_nulls_mean_not_given():
-    fields = parse_v1_fields({"reason": None, "filename": None, "filetype": None,
+    fields = parse_json_fields({"reason": None, "filename": None, "filetype": None,
                               "from-display-name": None, "token": "t"})
     assert fields == {"token": "t"}
 
 
 def test_strings_must_be_strings():
     with pytest.raises(PushValidationError, match="Field 'call-id' must be a string"):
-        parse_v1_fields({"call-id": 12})
+        parse_json_fields({"call-id": 12})
 
 
 def test_unknown_and_snake_case_keys_are_ignored():
-    assert parse_v1_fields({"app_id": "x", "call_id": "y", "other": 1}) == {}
+    assert parse_json_fields({"app_id": "x", "call_id": "y", "other": 1}) == {}
 
 
 @pytest.mark.parametrize("body", [[], "text", 3, None])
 def test_body_must_be_an_object(body):
     with pytest.raises(PushValidationError, match="must be a JSON object"):
-        parse_v1_fields(body)
+        parse_json_fields(body)
 
 
 def test_user_agent_string_none_is_kept():
-    assert parse_v1_fields({"user-agent": "None"})["user-agent"] == "None"
+    assert parse_json_fields({"user-agent": "None"})["user-agent"] == "None"
 
 
-# -- build_push: required fields ---------------------------------------------------------------
+# -- admit: required fields ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("key", ["app-id", "platform", "token", "call-id", "from"])
@@ -147,7 +151,7 @@ def test_invalid_media_type_names_value_and_choices():
     assert "'hologram'" in info.value.message and "file-transfer" in info.value.message
 
 
-# -- build_push: platforms and applications ---------------------------------------------------
+# -- admit: platforms and applications ---------------------------------------------------
 
 
 @pytest.mark.parametrize(("alias", "canonical"), [
@@ -174,7 +178,7 @@ def test_unconfigured_application_names_platform_capitalised():
                  "Firebase org.linphone app is not configured", 404)
 
 
-# -- build_push: linphone rules -----------------------------------------------------------------
+# -- admit: linphone rules -----------------------------------------------------------------
 
 
 def linphone_fields(**changes):
@@ -198,11 +202,11 @@ def test_linphone_refuses_other_events(event):
     assert info.value.status == 404 and event in info.value.message
 
 
-# -- build_push: the Push ---------------------------------------------------------------------------
+# -- admit: the Push ---------------------------------------------------------------------------
 
 
 def test_push_fields_and_deadline():
-    fields = parse_v1_fields({
+    fields = request_from_json({
         **sylk_fields(event="message", silent="0", badge="4"),
         "content": "hi", "content-type": "text/plain", "from-display-name": "Alice",
         "device-id": "dev1", "account": "a@b", "media-type": "sms",
@@ -231,7 +235,7 @@ def test_defaults_silent_true_badge_one():
 def test_text_checks_name_the_field():
     import pytest
 
-    from sidecar.ingress.fields import check_text
+    from sidecar.admission import check_text
     from sidecar.model import PushValidationError
 
     assert check_text("content", "line one\r\nline two\tend") == "line one\r\nline two\tend"
@@ -241,3 +245,40 @@ def test_text_checks_name_the_field():
         with pytest.raises(PushValidationError) as info:
             check_text(key, value)
         assert f"'{key}'" in info.value.message and words in info.value.message and info.value.status == 400
+
+
+def test_time_to_live_counts_from_sent_at_and_never_grows():
+    assert life_left("incoming_session", None, None, 1000.0) == 45
+    assert life_left("message", None, None, 1000.0) == 24 * 3600
+    assert life_left("incoming_session", 30, 990.0, 1000.0) == 20  # sent 10 s ago
+    assert life_left("incoming_session", None, 900.0, 1000.0) == 0  # long gone
+    assert life_left("incoming_session", 30, 5000.0, 1000.0) == 30  # a sender clock ahead of ours
+
+
+def test_sent_at_shortens_the_deadline():
+    request = dataclasses.replace(request_from_json(sylk_fields()), sent_at=1_699_999_990.0)
+    push, _, _ = admit(request, settings=SETTINGS, app_types=APP_TYPES, source="zmq",
+                       now=10.0, wall_now=1_700_000_000.0)
+    assert push.deadline == 10.0 + 35  # 45 s default, sent 10 s ago
+
+
+def test_text_is_checked_for_requests_not_from_json():
+    request = dataclasses.replace(request_from_json(sylk_fields()), to_uri="sip:b\nx")
+    with pytest.raises(PushValidationError, match="Field 'to' contains a control character"):
+        build(request)
+
+
+def test_request_fields_reach_the_push_unchanged():
+    """Every PushRequest field arrives in the Push: a new field needs no admission code."""
+    values = {"filename": "f.png", "filetype": "image/png", "reason": "r", "account": "c@conf"}
+    push, _, _ = build(dataclasses.replace(request_from_json(sylk_fields()), **values, sandbox=True))
+    assert {k: getattr(push, k) for k in values} == values and push.sandbox is True
+
+
+def test_the_openapi_model_documents_every_json_field_of_the_request():
+    """The /docs model is written by hand: a new PushRequest field must be shown there too."""
+    from sidecar.admission import JSON_FIELDS
+    from sidecar.ingress.api_docs import PushRequestDoc
+
+    documented = {field.alias or name for name, field in PushRequestDoc.model_fields.items()}
+    assert documented == set(JSON_FIELDS)
