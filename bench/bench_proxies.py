@@ -153,13 +153,15 @@ def start_sidecar(tmp: Path, config: Path) -> Proc:
 def run_sipp(tmp: Path, name: str, scenario: str, kam: Proxy, *, calls: int, rate: int,
              keys: dict[str, str], timeout: float) -> tuple[int, Path, str]:
     """Run sipp to the end (no message trace: it would slow sipp down); return
-    (exit status, its -trace_logs file, its screen output)."""
+    (exit status, its -trace_logs file, its screen output).  Calls last the
+    proxy's wait, so sipp may hold rate x (wait + 2 s) of them open: a lower
+    limit throttles it below the asked rate."""
     folder = tmp / f"sipp-{name}"
     folder.mkdir()
     log_file = folder / "calls.log"
     args = [SIPP, f"127.0.0.1:{kam.port}", "-sf", str(SIPP_DIR / scenario), "-i", "127.0.0.1",
             "-p", str(free_udp_port()), "-mp", str(free_udp_port(4)), "-cp", str(free_udp_port()),
-            "-m", str(calls), "-r", str(rate), "-l", str(max(100, rate * 2)),
+            "-m", str(calls), "-r", str(rate), "-l", str(max(100, int(rate * (WAIT_MS / 1000 + 2)))),
             "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
             "-buff_size", "4194304",  # the default 64 kB overflows (lost replies) when sipp stalls
             "-trace_logs", "-log_file", str(log_file), "-trace_err", "-error_file", str(folder / "errors.log")]
