@@ -65,8 +65,8 @@ class OneService:
     def __init__(self, service):
         self.service = service
 
-    def service_for(self, app):
-        return self.service
+    async def send(self, key, push, notification):
+        return await self.service.send(push, notification)
 
 
 async def run_config(config: str, dispatcher_args: dict, count: int, concurrency: int,
@@ -127,6 +127,7 @@ async def bench(args: argparse.Namespace, folder: Path, sim_port: int | None, cr
                             apple_key=creds.apns_key_file, key_id=creds.key_id, team_id=creds.team_id,
                             tls_ca_file=creds.ca_file)
             services = PushServices(nursery, builtin_factories())
+            services.apply({app.key: app})
         setup = {"services": services, "app": app, "app_type": app_type}
         with trio.fail_after(args.timeout):
             await run_config("quiet", setup, min(args.count, 2000), args.concurrency,

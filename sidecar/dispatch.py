@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
@@ -27,18 +29,23 @@ from .model import Outcome, OutcomeKind, Push, PushValidationError
 from .observe.log import log_attempt, log_outcome, log_received
 from .observe.metrics import Metrics
 from .pns.backoff import backoff_delay
-from .pns.base import ANSWER_GRACE, Notification, PushService, SendResult, Verdict
+from .pns.base import SEND_CAP_AFTER_DEADLINE, Notification, SendResult, Verdict
 
 logger = logging.getLogger("sidecar.dispatch")
 
 
-class ServiceLookup(Protocol):
-    def service_for(self, app: AppConfig) -> PushService: ...
+class PushServiceSet(Protocol):
+    """The push services in force, by application key (:class:`~sidecar.pns.registry.PushServices`)."""
+
+    async def send(self, key: tuple[str, str], push: Push, notification: Notification) -> SendResult | None:
+        """One attempt on the service of application ``key``; None: no such
+        application (a reload removed it), nothing was sent."""
+        ...
 
 
 class OutcomeListener(Protocol):
     def __call__(
-        self, push: Push, app: AppConfig, notification: Notification | None, outcome: Outcome
+        self, push: Push, app: AppConfig | None, notification: Notification | None, outcome: Outcome
     ) -> None: ...
 
 
@@ -46,25 +53,29 @@ class Dispatcher:
     """Sends pushes through the push services and reports one outcome each.
 
     Args:
-      services: finds the :class:`PushService` of an application.
+      services: the push services in force, looked up by application key at
+        each attempt (a reload may have replaced or removed one).
       max_in_flight: above this many pushes in progress, new ones are
         ``dropped`` at once (overload protection; the proxy will not wait).
       wall_clock: UNIX time source (injectable for tests).
+      jitter: the backoff's random source, in [0, 1) (injectable for tests).
       listeners: called with every final outcome (metrics, remote logging).
     """
 
     def __init__(
         self,
-        services: ServiceLookup,
+        services: PushServiceSet,
         *,
         max_in_flight: int = 20000,
         wall_clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
         listeners: list[OutcomeListener] | None = None,
         metrics: Metrics | None = None,
     ):
         self._services = services
         self._max_in_flight = max_in_flight
         self._wall_clock = wall_clock
+        self._jitter = jitter
         self.listeners: list[OutcomeListener] = list(listeners or [])
         self.metrics = metrics or Metrics()
         self.in_flight = 0
@@ -103,7 +114,8 @@ class Dispatcher:
             self.in_flight -= 1
         return self._finish(push, app, notification, outcome, trio.current_time() - started)
 
-    def drop(self, push: Push, app: AppConfig | None, reason: str, kind=OutcomeKind.DROPPED) -> Outcome:
+    def drop(self, push: Push, app: AppConfig | None, reason: str,
+             kind: OutcomeKind = OutcomeKind.DROPPED) -> Outcome:
         """Record the outcome of a push that never reached :meth:`dispatch`
         (expired in a queue, duplicate...)."""
         self.received += 1
@@ -119,8 +131,14 @@ class Dispatcher:
         Deadlines don't lie: the deadline stops what has not been sent (the
         HTTP/2 services get it as ``send_by`` and wait up to ANSWER_GRACE for
         the answer of a request already on the wire).  The cancel scope here
-        is only the hard cap, ANSWER_GRACE (+1 s) after the deadline, for
+        is only the hard cap, SEND_CAP_AFTER_DEADLINE after the deadline, for
         services (plugins) that ignore it.
+
+        Each attempt goes to the service in force for the application's key,
+        not the one of the configuration snapshot the push was read with: a
+        retry after a reload uses the new credentials.  If a reload removed
+        the application, the push is rejected (404, as an unknown application
+        at the ingress) and nothing more is sent.
         """
         attempts = 0
         unknown_resends = 0
@@ -129,13 +147,13 @@ class Dispatcher:
             logger.debug("event=request call_id=%s request_id=%s headers=%s body=%s",
                          push.call_id, push.request_id, json.dumps(dict(notification.headers)),
                          json.dumps(notification.payload, separators=(",", ":")))
-        with trio.move_on_at(push.deadline + ANSWER_GRACE + 1.0):
+        with trio.move_on_at(push.deadline + SEND_CAP_AFTER_DEADLINE):
             while trio.current_time() < push.deadline:
                 attempts += 1
-                # Looked up per attempt: a reload may have replaced the service (new key).
-                service = self._services.service_for(app)
                 sent_at = trio.current_time()
-                result = await service.send(push, notification)
+                result = await self._services.send(app.key, push, notification)
+                if result is None:  # nothing was sent
+                    return _not_configured(app, attempts - 1)
                 if result.verdict is Verdict.EXPIRED:  # nothing was sent
                     attempts -= 1
                     break
@@ -160,7 +178,7 @@ class Dispatcher:
                     self.metrics.resent_unknown(push.platform)
                     logger.warning("event=resent_unknown call_id=%s request_id=%s attempt=%d reason=%s",
                                    push.call_id, push.request_id, attempts, last.reason)
-                delay = backoff_delay(attempts, last.retry_after)
+                delay = backoff_delay(attempts, last.retry_after, rng=self._jitter)
                 if trio.current_time() + delay >= push.deadline:
                     return self._gave_up(last, attempts, "no retry: the next one would be after the deadline")
                 await trio.sleep(delay)
@@ -203,6 +221,13 @@ _VERDICT_TO_KIND = {
     Verdict.TOKEN_DEAD: OutcomeKind.TOKEN_DEAD,
     Verdict.REJECTED: OutcomeKind.REJECTED,
 }
+
+
+def _not_configured(app: AppConfig, attempts: int) -> Outcome:
+    after = f" after {attempts} attempt(s)" if attempts else ""
+    return Outcome(OutcomeKind.REJECTED, 404,
+                   f"{app.platform.capitalize()} {app.app_id} app is not configured "
+                   f"(removed by a configuration reload{after})", attempts=attempts)
 
 
 def _final_outcome(result: SendResult, attempts: int) -> Outcome:

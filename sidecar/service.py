@@ -17,15 +17,15 @@ import gc
 import logging
 import os
 import signal
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import trio
 
 from .apps.base import AppType
 from .apps.registry import load_app_types
-from .config import AppConfig, ConfigError, Settings, load_settings
+from .config import AppConfig, ConfigError, Settings
 from .dispatch import Dispatcher
 from .model import Outcome, OutcomeKind, Push
 from .observe.metrics import Metrics
@@ -75,19 +75,14 @@ def read_all(config_dir: Path) -> tuple[
     return settings, app_types, pns_plugins, problems, warnings
 
 
-def credential_problems(settings: Settings, services: PushServices) -> list[str]:
-    """Build every application's push service now (keys, certificates and
-    service accounts are read and parsed): what start-up refuses, one line
-    per application.  The daemon and ``check-config`` both call this."""
-    from .pns.base import PushServiceConfigError
-
-    problems = []
-    for app in settings.applications.values():
-        try:
-            services.validate(app)
-        except PushServiceConfigError as exc:
-            problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
-    return problems
+def apply_push_services(settings: Settings, services: PushServices,
+                        changed_files: frozenset[Path] = frozenset()) -> list[str]:
+    """Put the applications' push services in force (keys, certificates and
+    service accounts are read and parsed now), all or nothing: the problems
+    are what start-up or a reload refuses, one line per application (empty:
+    in force).  The daemon, a reload and ``check-config`` call this."""
+    return [f"{settings.applications_file} [{app.section}]: {problem}"
+            for app, problem in services.apply(settings.applications, changed_files=changed_files)]
 
 
 def server_tls_problems(settings: Settings) -> list[str]:
@@ -119,7 +114,7 @@ def check_configuration(config_dir: Path) -> tuple[Settings | None, list[str], l
             factories.update(pns_plugins)
             services = PushServices(nursery, factories)
             try:
-                return credential_problems(settings, services)
+                return apply_push_services(settings, services)
             finally:
                 await services.aclose()
                 nursery.cancel_scope.cancel()
@@ -127,7 +122,7 @@ def check_configuration(config_dir: Path) -> tuple[Settings | None, list[str], l
     return settings, problems + server_tls_problems(settings) + trio.run(check_credentials), warnings
 
 
-class _AnyName(frozenset):
+class _AnyName(frozenset[str]):
     def __contains__(self, item: object) -> bool:  # accepts every platform name
         return True
 
@@ -164,7 +159,6 @@ class Runtime:
         self.dispatcher = Dispatcher(services, listeners=listeners, metrics=self.metrics,
                                      max_in_flight=limits_for(settings.memory_budget_mb).in_flight)
         self._nursery = nursery
-        self.started_at = time.time()
         self.proxy_ingress: Any = None  # set once the ZeroMQ socket is bound
         #: command-line values that replace general.ini's (--ip, --port; None: not given)
         self.overrides: dict[str, Any] = {}
@@ -181,10 +175,10 @@ class Runtime:
         return self.dispatcher.drop(push, app, reason, kind=kind)
 
     def apply_settings(self, settings: Settings, app_types: dict[str, AppType]) -> None:
+        """Swap in a reloaded configuration (its services are already in force)."""
         self.settings = settings
         self.app_types = app_types
         self.metrics.set_applications(settings.applications)
-        self.services.apply(dict(settings.applications))
 
 
 def refresh_metrics(runtime: Runtime) -> None:
@@ -268,7 +262,7 @@ async def run_sidecar(
                 for name, cls in pns_plugins.items():
                     factories[name] = cls
                 services = PushServices(nursery, factories)
-                problems = credential_problems(settings, services)
+                problems = apply_push_services(settings, services)
                 if problems:
                     raise ConfigError(problems)
                 metrics = Metrics()
@@ -367,7 +361,7 @@ def _override(settings: Settings, *, ip: str | None, port: int | None) -> Settin
 
 
 async def _serve_http(app: Any, runtime: Runtime, settings: Settings, stop_requested: trio.Event,
-                      done: trio.Event, *, task_status) -> None:
+                      done: trio.Event, *, task_status: trio.TaskStatus[list[str]]) -> None:
     """Serve the HTTP API until ``stop_requested``; set ``done`` once every
     request was answered (or it failed).
 
@@ -403,7 +397,7 @@ def _reuse_port() -> bool:
 
 
 async def _serve_http_until_stopped(app: Any, settings: Settings, stop_requested: trio.Event,
-                                    *, task_status) -> None:
+                                    *, task_status: trio.TaskStatus[list[str]]) -> None:
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
@@ -457,10 +451,10 @@ def reload_config(
     credential files changed on disk, are built (credentials loaded and
     checked) before anything is swapped: if one fails, the reload is
     rejected and the running services, old keys included, stay in force.
+    Otherwise the services of changed and removed applications are retired
+    (drained, then closed; see :class:`~sidecar.pns.registry.PushServices`).
     """
     from .observe import systemd
-    from .pns.base import PushServiceConfigError
-    from .pns.registry import credential_files
 
     def reject(problems: list[str]) -> bool:
         logger.error("reload (%s) rejected, keeping the running configuration:\n  %s",
@@ -474,18 +468,8 @@ def reload_config(
         settings, app_types, _ = load_all(config_dir)
     except ConfigError as exc:
         return reject(exc.problems)
-    running = runtime.settings.applications
-    built: dict[tuple[str, str], tuple[AppConfig, PushService]] = {}
-    problems = []
-    for key, app in settings.applications.items():
-        if running.get(key) == app and not credential_files(app) & changed_files:
-            continue
-        try:
-            built[key] = (app, runtime.services.build(app))
-        except PushServiceConfigError as exc:
-            problems.append(f"{settings.applications_file} [{app.section}]: {exc}")
+    problems = apply_push_services(settings, runtime.services, changed_files)
     if problems:
-        runtime.services.discard([service for _, service in built.values()])
         return reject(problems)
     current = runtime.settings
     overrides = runtime.overrides
@@ -495,7 +479,6 @@ def reload_config(
     settings = dataclasses.replace(
         wanted, host=current.host, port=current.port, tls_certificate=current.tls_certificate,
         zmq_enabled=current.zmq_enabled, zmq_endpoint=current.zmq_endpoint, run_dir=current.run_dir)
-    runtime.services.install(built)
     runtime.apply_settings(settings, app_types)
     runtime.metrics.config_reload(True)
     systemd.notify_ready()
@@ -575,7 +558,7 @@ def run_daemon(config_dir: str | None, *, ip: str | None, port: int | None, debu
     return 0
 
 
-async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status) -> None:
+async def _serve_zmq(runtime: Runtime, settings: Settings, *, task_status: trio.TaskStatus[str]) -> None:
     """The ZeroMQ PULL socket of the proxy scripts, feeding the same dispatcher."""
     from functools import partial
 
@@ -612,7 +595,8 @@ def _zmq_pending(runtime: Runtime, proxy: Any) -> int:
     """
     c = proxy.counters
     arrived = runtime.dispatcher.received_from.get("zmq", 0)
-    return max(0, c.accepted + c.expired + c.duplicates + c.shed - arrived)
+    pending: int = max(0, c.accepted + c.expired + c.duplicates + c.shed - arrived)
+    return pending
 
 
 CONFIG_POLL_SECONDS = 2.0

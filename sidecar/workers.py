@@ -85,7 +85,7 @@ def metrics_folder(run_dir: Path) -> Path:
 
 def route(frame: bytes, count: int) -> int:
     """The worker for ``frame``: by its call-id, so duplicates meet; 0 if unreadable."""
-    import msgpack
+    import msgpack  # type: ignore[import-untyped]  # no type information shipped
 
     try:
         message = msgpack.unpackb(frame, raw=False)

@@ -57,7 +57,8 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import h2.connection
 import h2.errors
@@ -252,9 +253,6 @@ class Http2Connection:
     def is_closed(self) -> bool:
         return self._state is ConnectionState.CLOSED
 
-    def is_idle(self) -> bool:
-        return not self._streams
-
     @property
     def in_flight(self) -> int:
         """Requests currently holding a stream."""
@@ -343,8 +341,9 @@ class Http2Connection:
         except h2.exceptions.NoAvailableStreamIDError as exc:
             self.start_draining()
             raise ConnectionNotAvailable(f"{self._name}: stream ids exhausted") from exc
-        request_headers = [(b":method", _METHODS.get(method) or method.encode()), *self._pseudo_headers,
-                           (b":path", path.encode()), *headers]
+        request_headers: list[tuple[bytes | str, bytes | str]] = [
+            (b":method", _METHODS.get(method) or method.encode()), *self._pseudo_headers,
+            (b":path", path.encode()), *headers]
         try:
             h2c.send_headers(stream_id, request_headers, end_stream=not body)
         except h2.exceptions.ProtocolError as exc:
@@ -494,7 +493,8 @@ class Http2Connection:
         if self._ping_acked is not None:
             self._ping_acked.set()
         self._cancel_scope.cancel()
-        (logger.info if routine or self._closing else logger.warning)("http2 %s: connection closed: %s", self._name, reason)
+        log = logger.info if routine or self._closing else logger.warning
+        log("http2 %s: connection closed: %s", self._name, reason)
 
     # ---- background tasks -------------------------------------------------
 
@@ -670,7 +670,8 @@ class Http2Connection:
         if code == h2.errors.ErrorCodes.REFUSED_STREAM:
             record.error = StreamRefused(f"{self._name}: stream {event.stream_id} refused")
         else:
-            record.error = StreamReset(f"{self._name}: stream {event.stream_id} reset by server: {code!r}", int(code or 0))
+            record.error = StreamReset(f"{self._name}: stream {event.stream_id} reset by server: {code!r}",
+                                       int(code or 0))
         record.done.set()
 
     def _on_remote_settings(self, event: h2.events.RemoteSettingsChanged) -> None:

@@ -24,7 +24,8 @@ most one; an older draining connection is closed when a newer one retires).
 from __future__ import annotations
 
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 import trio
 

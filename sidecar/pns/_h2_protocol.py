@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -22,7 +23,7 @@ try:  # jh2's HPACK codec, in Rust (jh2 is h2's maintained fork; only its codec 
     from jh2._hazmat import HPACKError as _RustHPACKError
     from jh2._hazmat import OversizedHeaderListError as _RustOversizedHeaderList
 except ImportError:  # pragma: no cover - jh2 is a dependency; the pure-Python codec still works
-    _RustEncoder = _RustDecoder = None  # type: ignore[assignment, misc]
+    _RustEncoder = _RustDecoder = None
 
 from ._h2_errors import InvalidRequest
 
@@ -131,7 +132,7 @@ class _PlainEncoder(hpack.Encoder):
     CPU (of ~50 for the whole header block) for ~20 more bytes (the token in
     :path), a good trade on a few persistent connections."""
 
-    def encode(self, headers, huffman=False):  # type: ignore[no-untyped-def, override]
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:  # huffman: never (see above)
         return super().encode(headers, huffman=False)
 
 
@@ -149,20 +150,22 @@ class RustHpackEncoder:
 
     @property
     def header_table_size(self) -> int:
-        return self._encoder.header_table_size
+        size: int = self._encoder.header_table_size
+        return size
 
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
         self._encoder.header_table_size = value
 
-    def encode(self, headers: Any, huffman: bool = False) -> bytes:
-        return self._encoder.encode(
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:  # huffman: never (see above)
+        block: bytes = self._encoder.encode(
             [(name if name.__class__ is bytes else name.encode(),
               value if value.__class__ is bytes else value.encode(),
               isinstance(header, hpack.NeverIndexedHeaderTuple))
              for header in headers for name, value in (header,)],
             huffman=False,
         )
+        return block
 
 
 class RustHpackDecoder:
@@ -175,7 +178,8 @@ class RustHpackDecoder:
 
     @property
     def header_table_size(self) -> int:
-        return self._decoder.header_table_size
+        size: int = self._decoder.header_table_size
+        return size
 
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
@@ -183,7 +187,8 @@ class RustHpackDecoder:
 
     @property
     def max_allowed_table_size(self) -> int:
-        return self._decoder.max_allowed_table_size
+        size: int = self._decoder.max_allowed_table_size
+        return size
 
     @max_allowed_table_size.setter
     def max_allowed_table_size(self, value: int) -> None:
@@ -191,7 +196,8 @@ class RustHpackDecoder:
 
     @property
     def max_header_list_size(self) -> int:
-        return self._decoder.max_header_list_size
+        size: int = self._decoder.max_header_list_size
+        return size
 
     @max_header_list_size.setter
     def max_header_list_size(self, value: int) -> None:

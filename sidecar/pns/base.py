@@ -12,7 +12,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..model import Push
 
@@ -31,7 +32,7 @@ class Notification:
     payload: Mapping[str, Any]
 
 
-class Verdict(str, enum.Enum):
+class Verdict(enum.StrEnum):
     DELIVERED = "delivered"
     TOKEN_DEAD = "token_dead"  # the token will never work again: purge
     REJECTED = "rejected"  # permanent for this push; do not retry
@@ -63,6 +64,11 @@ class SendResult:
 #: seconds an answer is still awaited after the deadline once its request was sent
 ANSWER_GRACE = 5.0
 
+#: the dispatcher's hard cap on a push's sends, past its deadline, for services
+#: (plugins) that ignore ``send_by``: no send outlives it, so a retired service
+#: drains by then at the latest
+SEND_CAP_AFTER_DEADLINE = ANSWER_GRACE + 1.0
+
 
 class PushService(abc.ABC):
     """A client for one push service with one set of credentials.
@@ -79,7 +85,7 @@ class PushService(abc.ABC):
     async def send(self, push: Push, notification: Notification) -> SendResult:
         """Make one attempt to deliver ``notification`` for ``push``."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027  (optional: a service may hold nothing to close)
         """Close connections; in-flight sends fail with ``Verdict.RETRY``."""
 
     def statistics(self) -> Mapping[str, Any]:

@@ -11,18 +11,24 @@ constructed as ``cls(app, nursery)``: ``app`` is the application's
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import trio
 
 from ..config import AppConfig
+from ..model import Push
 from ..plugins import PluginError, defined_subclasses, import_plugin, plugin_files
-from .base import PushService, PushServiceConfigError
+from .base import SEND_CAP_AFTER_DEADLINE, Notification, PushService, PushServiceConfigError, SendResult
 
 logger = logging.getLogger("sidecar.pns")
 
 ServiceFactory = Callable[[AppConfig, trio.Nursery], PushService]
+
+#: seconds a service is given to close its connections (retired, or at a stop)
+CLOSE_SECONDS = 3.0
 
 
 def load_plugin_classes(folder: Path | None) -> dict[str, type[PushService]]:
@@ -34,6 +40,7 @@ def load_plugin_classes(folder: Path | None) -> dict[str, type[PushService]]:
     found: dict[str, type[PushService]] = {}
     for path in plugin_files(folder):
         for cls in defined_subclasses(import_plugin(path, "sidecar_pns_plugins"), PushService):
+            assert issubclass(cls, PushService)  # for the type checker: defined_subclasses checked it
             if not cls.platform:
                 raise PluginError(f"{path}: class {cls.__name__} has no 'platform' name")
             found[cls.platform] = cls
@@ -69,81 +76,137 @@ def builtin_factories(*, debug_hpack: bool = False, state_dir: Path | None = Non
     return factories
 
 
-class PushServices:
-    """Owns one long-lived :class:`PushService` per application.
+class _Entry:
+    """One service in use, and the sends it has in flight (to drain it when retired)."""
 
-    Services are created lazily on first use (so a slow connect never delays
-    start-up), kept across config reloads while their application's
-    configuration is unchanged, and closed when it changes or goes away.
+    __slots__ = ("app", "service", "in_flight", "drain_by", "idle", "drain_scope", "closed")
+
+    def __init__(self, app: AppConfig, service: PushService):
+        self.app = app
+        self.service = service
+        self.in_flight = 0
+        #: the dispatcher's hard cap of the latest push sent on it: no send outlives it
+        self.drain_by = -math.inf
+        self.idle = trio.Event()  # set once retired and no send is in flight
+        self.drain_scope: trio.CancelScope | None = None
+        self.closed = False
+
+
+class PushServices:
+    """Owns one long-lived :class:`PushService` per application key.
+
+    Only :meth:`apply` (start-up and each reload) creates and retires
+    services: it builds those of new and changed applications (a service
+    connects on its first send, so a slow connect never delays start-up)
+    and retires those of changed and removed ones.  A push is sent with
+    :meth:`send` on the service in force for its application key, whichever
+    configuration snapshot it was read with: a push retrying across a reload
+    goes to the new service, and a push for an application that a reload
+    removed gets None (the dispatcher reports it rejected, 404).  A retired
+    service drains: it is closed once its sends in flight are answered, at
+    most until the latest one's deadline plus :data:`SEND_CAP_AFTER_DEADLINE`.
     """
 
-    def __init__(self, nursery: trio.Nursery, factories: dict[str, ServiceFactory]):
+    def __init__(self, nursery: trio.Nursery, factories: Mapping[str, ServiceFactory]):
         self._nursery = nursery
-        self._factories = factories
-        self._services: dict[tuple[str, str], tuple[AppConfig, PushService]] = {}
+        self._factories = dict(factories)
+        self._live: dict[tuple[str, str], _Entry] = {}
+        self._retiring: set[_Entry] = set()
 
-    @property
-    def platforms(self) -> frozenset[str]:
-        return frozenset(self._factories)
+    def apply(
+        self, applications: Mapping[tuple[str, str], AppConfig], *, changed_files: frozenset[Path] = frozenset()
+    ) -> list[tuple[AppConfig, str]]:
+        """Put ``applications`` in force: all or nothing.
 
-    def service_for(self, app: AppConfig) -> PushService:
-        entry = self._services.get(app.key)
-        if entry is not None and entry[0] == app:
-            return entry[1]
-        service = self.build(app)
-        self.install({app.key: (app, service)})
-        return service
+        The services of new and changed applications, and of unchanged ones
+        whose credential files are in ``changed_files``, are built first
+        (credentials loaded and checked).  If one fails, the ones built are
+        closed and the running services stay in force.  Otherwise the new
+        ones replace the old, and those of changed and removed applications
+        are retired (drained, then closed).
 
-    def build(self, app: AppConfig) -> PushService:
-        """A new service for ``app``, not yet in use (its credentials are loaded
-        and checked now).  Raises PushServiceConfigError."""
+        Returns:
+          ``(application, problem)`` for each service that could not be built;
+          empty when the applications are in force.
+        """
+        built: dict[tuple[str, str], _Entry] = {}
+        problems: list[tuple[AppConfig, str]] = []
+        for key, app in applications.items():
+            entry = self._live.get(key)
+            if entry is not None and entry.app == app and not credential_files(app) & changed_files:
+                continue
+            try:
+                built[key] = _Entry(app, self._build(app))
+            except PushServiceConfigError as exc:
+                problems.append((app, str(exc)))
+        if problems:
+            for entry in built.values():  # never used: nothing in flight
+                self._retire(entry)
+            return problems
+        for key in [key for key in self._live if key not in applications or key in built]:
+            self._retire(self._live.pop(key))
+        self._live.update(built)
+        return []
+
+    async def send(self, key: tuple[str, str], push: Push, notification: Notification) -> SendResult | None:
+        """One attempt on the service in force for application ``key``.
+
+        Returns:
+          the service's answer, or None if no application has that key
+          (a reload removed it): nothing was sent.
+        """
+        entry = self._live.get(key)
+        if entry is None:
+            return None
+        entry.in_flight += 1
+        entry.drain_by = max(entry.drain_by, push.deadline + SEND_CAP_AFTER_DEADLINE)
+        try:
+            return await entry.service.send(push, notification)
+        finally:
+            entry.in_flight -= 1
+            if entry.in_flight == 0 and entry in self._retiring:
+                entry.idle.set()
+
+    def statistics(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """A snapshot of each service in force (retired ones are left out)."""
+        return {key: dict(entry.service.statistics()) for key, entry in self._live.items()}
+
+    async def aclose(self) -> None:
+        """Close every service now, draining ones included (the daemon stops)."""
+        entries = [*self._live.values(), *self._retiring]
+        self._live.clear()
+        for entry in entries:
+            if entry.drain_scope is not None:
+                entry.drain_scope.cancel()
+            await self._close(entry)
+
+    def _build(self, app: AppConfig) -> PushService:
         factory = self._factories.get(app.platform)
         if factory is None:
             raise PushServiceConfigError(f"no push service for platform {app.platform!r}")
         return factory(app, self._nursery)
 
-    def install(self, services: dict[tuple[str, str], tuple[AppConfig, PushService]]) -> None:
-        """Put built services in use; the ones they replace are drained and closed."""
-        for key, entry in services.items():
-            old = self._services.get(key)
-            self._services[key] = entry
-            if old is not None and old[1] is not entry[1]:
-                self._retire(old[1])
+    def _retire(self, entry: _Entry) -> None:
+        self._retiring.add(entry)
+        if entry.in_flight == 0:
+            entry.idle.set()
+        self._nursery.start_soon(self._drain_then_close, entry)
 
-    def discard(self, services: list[PushService]) -> None:
-        """Close built services that will not be used (a rejected reload)."""
-        for service in services:
-            self._retire(service)
+    async def _drain_then_close(self, entry: _Entry) -> None:
+        # No new send reaches a retired service; the ones in flight end by
+        # their deadline's hard cap at the latest (the dispatcher cancels them).
+        with trio.move_on_at(entry.drain_by) as entry.drain_scope:
+            await entry.idle.wait()
+        await self._close(entry)
 
-    def validate(self, app: AppConfig) -> None:
-        """Create (and keep) the service now, so bad credentials fail at start-up."""
-        self.service_for(app)
-
-    def apply(self, applications: dict[tuple[str, str], AppConfig]) -> None:
-        """After a reload: retire the services of changed or removed applications."""
-        for key, (app, service) in list(self._services.items()):
-            if applications.get(key) != app:
-                del self._services[key]
-                self._retire(service)
-
-    def statistics(self) -> dict[tuple[str, str], dict]:
-        return {key: dict(service.statistics()) for key, (_, service) in self._services.items()}
-
-    def _retire(self, service: PushService) -> None:
-        async def close_later() -> None:
-            # Let pushes already in flight on it finish (drain), then close.
-            await trio.sleep(5)
-            await service.aclose()
-
-        self._nursery.start_soon(close_later)
-
-    async def aclose(self) -> None:
-        services = [service for _, service in self._services.values()]
-        self._services.clear()
-        for service in services:
-            with trio.move_on_after(3) as scope:
-                scope.shield = True
-                await service.aclose()
+    async def _close(self, entry: _Entry) -> None:
+        if entry.closed:
+            return
+        entry.closed = True
+        self._retiring.discard(entry)
+        with trio.move_on_after(CLOSE_SECONDS) as scope:
+            scope.shield = True
+            await entry.service.aclose()
 
 
 def credential_files(app: AppConfig) -> set[Path]:

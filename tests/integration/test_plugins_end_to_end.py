@@ -97,7 +97,9 @@ async def http(tmp_path: Path, sim: Simulator, sim_credentials: SimCredentials,
                webhook: WebhookServer) -> AsyncIterator[httpx.AsyncClient]:
     config_dir = plugin_config(tmp_path, sim_credentials, sim.port, webhook.port)
     async with running_sidecar(config_dir) as handle:
-        assert {"webhook", "apple", "firebase"} <= handle.runtime.services.platforms
+        # The plugin platform's application has its service in force, next to the built-in ones.
+        in_force = set(handle.runtime.services.statistics())
+        assert {(HOOK_APP_ID, "webhook"), (SAMPLE_APPLE_ID, "apple")} <= in_force
         async with httpx.AsyncClient(base_url=handle.http_url, timeout=30) as client:
             yield client
 

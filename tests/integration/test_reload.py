@@ -26,7 +26,7 @@ from sidecar.sim.server import Simulator
 from sidecar_fixtures import sidecar_config
 from test_daemon import (
     RELOAD_TIMEOUT, apple_app_id, device_records, metric_value, push_body, records_of_call,
-    running_daemon,
+    running_daemon, wait_until,
 )
 
 NEW_BUNDLE = "com.example.newapp"
@@ -299,3 +299,76 @@ async def test_key_replaced_by_garbage_keeps_the_running_key(
             await daemon.wait_for_output(r"\[new-apple\].*AuthKey\.p8", after=mark)
             assert await push_status(http, app_id, "after") == 200
             assert [r["status"] for r in records_of_call(sim, "after")] == [200]
+
+
+async def test_a_push_retrying_across_a_key_change_is_resent_with_the_new_key(
+    tmp_path: Path, sim: Simulator, sim_credentials: SimCredentials
+) -> None:
+    # The push's first attempt is answered 503 (Retry-After 6 s); during the
+    # wait a reload gives its application another key id and key.  The retry
+    # is signed with the new key, and the next push too (no flip back).
+    config_dir, _, app_id = config_with_own_key(tmp_path, sim, sim_credentials)
+    new_private, new_public = new_apns_key()
+    new_key_id = "NEWKEY0012"
+    sim.add_apns_key(new_key_id, sim_credentials.team_id, new_public)
+    new_key_file = tmp_path / "AuthKey_NEW.p8"
+    new_key_file.write_bytes(new_private)
+    apps = config_dir / "applications.ini"
+    async with running_daemon(config_dir, tmp_path) as daemon:
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as http:
+            assert await push_status(http, app_id, "warm-up") == 200
+            sim.script_status([(503, {"retry-after": "6"})])
+            statuses: list[int] = []
+
+            async def push_across() -> None:
+                statuses.append(await push_status(http, app_id, "across"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(push_across)
+                await wait_until(lambda: bool(records_of_call(sim, "across")), "the first attempt")
+                others, name, section = apps.read_text().rpartition("[new-apple]")
+                section = section.replace(f"key_id = {sim_credentials.key_id}", f"key_id = {new_key_id}")
+                section = re.sub(r"(?m)^apple_key = .*$", f"apple_key = {new_key_file}", section)
+                replace_file(apps, others + name + section)
+                mark = len(daemon.text())
+                daemon.send_signal(signal.SIGHUP)
+                await daemon.wait_for_output(r"configuration reloaded \(SIGHUP\)", after=mark)
+            assert statuses == [200]
+            assert await push_status(http, app_id, "after") == 200
+    across = records_of_call(sim, "across")
+    assert [r["status"] for r in across] == [503, 200]
+    assert [r["jwt"]["header"]["kid"] for r in across] == [sim_credentials.key_id, new_key_id]
+    assert [r["jwt"]["header"]["kid"] for r in records_of_call(sim, "after")] == [new_key_id]
+    assert "Traceback" not in daemon.text()
+
+
+async def test_a_push_retrying_when_its_application_is_removed_ends_404(
+    tmp_path: Path, sim: Simulator, sim_credentials: SimCredentials
+) -> None:
+    config_dir, _, app_id = config_with_own_key(tmp_path, sim, sim_credentials)
+    apps = config_dir / "applications.ini"
+    async with running_daemon(config_dir, tmp_path) as daemon:
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as http:
+            assert await push_status(http, app_id, "warm-up") == 200
+            sim.script_status([(503, {"retry-after": "6"})])
+            answers: list[httpx.Response] = []
+
+            async def push_across() -> None:
+                answers.append(await http.post("/push", json=push_body(app_id, "removed")))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(push_across)
+                await wait_until(lambda: bool(records_of_call(sim, "removed")), "the first attempt")
+                replace_file(apps, apps.read_text().rpartition("[new-apple]")[0])
+                mark = len(daemon.text())
+                daemon.send_signal(signal.SIGHUP)
+                await daemon.wait_for_output(r"configuration reloaded \(SIGHUP\)", after=mark)
+            [answer] = answers
+            metrics = (await http.get("/metrics")).text
+    assert answer.status_code == 404, answer.text
+    assert "not configured (removed by a configuration reload after 1 attempt(s))" in answer.text
+    assert [r["status"] for r in records_of_call(sim, "removed")] == [503]  # not resent
+    # Counted (under "unknown": the application is no longer configured).
+    assert metric_value(metrics, "pushsidecar_outcomes_total", app="unknown", platform="apple",
+                        outcome="rejected") == 1
+    assert "Traceback" not in daemon.text()

@@ -56,9 +56,10 @@ async def test_sample_plugin_through_the_registry_maps_answers(webhook, nursery)
     plugins = load_plugin_classes(PNS_DIR)
     services = PushServices(nursery, dict(plugins))  # plugins are factories: cls(app, nursery)
     app = app_config(webhook_url=f"http://127.0.0.1:{webhook.port}/notify", webhook_timeout="2")
-    service = services.service_for(app)
+    assert services.apply({app.key: app}) == []
     webhook.script = [(202, []), (410, []), (404, []), (429, [("retry-after", "7")]), (503, []), (400, [])]
-    results = [await service.send(make_push(), Notification({}, {"n": i})) for i in range(6)]
+    results = [await services.send(app.key, make_push(), Notification({}, {"n": i})) for i in range(6)]
+    assert all(result is not None for result in results)
     await services.aclose()
     assert [(r.verdict, r.status) for r in results] == [
         (Verdict.DELIVERED, 202), (Verdict.TOKEN_DEAD, 410), (Verdict.TOKEN_DEAD, 404),
