@@ -2,10 +2,15 @@
 # The whole test suite on a fresh machine: set-up, a real Apache Cassandra
 # (from Maven Central, started here on free loopback ports), a real Kamailio
 # and sipp (Debian packages), real OpenSIPS 3.4 and 3.6 (built from the
-# vendored sources), then pytest.  Everything it starts it stops.
+# vendored sources), then pytest.  Before all that: ruff and mypy (strict on
+# sidecar/ except the simulator; settings in pyproject.toml).  Everything it starts it stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+
+# Lint and types first: seconds, and a failure here needs no servers to explain.
+.venv/bin/ruff check .
+.venv/bin/mypy
 
 # A real OpenSIPS of each supported LTS, built from ../shared/vendor (cached).
 export PUSHSIDECAR_OPENSIPS_3_4_18="$(bash scripts/build_opensips.sh 3.4.18 | tail -n 1)"

@@ -14,7 +14,7 @@ import collections
 import dataclasses
 import functools
 import ssl
-from typing import Callable
+from collections.abc import Callable
 
 import h2.config
 import h2.connection
@@ -79,7 +79,8 @@ class ServerConnection:
 
     # ---- actions for handlers (synchronous; the run loop flushes) ---------
 
-    def respond(self, request: FakeRequest, status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
+    def respond(self, request: FakeRequest, status: int, headers: dict[str, str] | None = None,
+                body: bytes = b"") -> None:
         if self.closed:
             return
         self.open.discard(request.stream_id)

@@ -150,7 +150,7 @@ def send_goaway_frame(conn: ServerConnection, last_stream_id: int, error_code: i
     return conn.h2.data_to_send() + GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code).serialize()
 
 
-async def hold_twenty(nursery, conn: Http2Connection, holder: "Holder", outcomes: dict) -> None:
+async def hold_twenty(nursery, conn: Http2Connection, holder: Holder, outcomes: dict) -> None:
     async def one(i: int) -> None:
         try:
             outcomes[i] = (await conn.request("POST", "/", [], b"%d" % i)).status
