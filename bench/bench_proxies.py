@@ -214,18 +214,29 @@ def sidecar_received_times(log_path: Path, call_ids: set[str]) -> dict[str, floa
 
 def sidecar_call_outcomes(log_path: Path, call_ids: set[str]) -> dict[str, int]:
     """How the sidecar ended the call pushes (not the cancels) of ``call_ids``:
-    outcome kind -> count, from its ``event=received`` and ``event=outcome`` lines."""
+    outcome kind -> count, from its ``event=received`` and ``event=outcome``
+    lines.  A push shed at once under overload has an outcome line (``dropped``)
+    but no ``received`` line, so its event is unknown: a call whose call push
+    has no outcome counts that drop."""
     call_push_requests: set[str] = set()
-    kinds: collections.Counter[str] = collections.Counter()
+    ended: dict[str, str] = {}
+    shed: set[str] = set()
     for line in log_path.read_text(errors="replace").splitlines():
         fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        if fields.get("call_id") not in call_ids:
+        call_id = fields.get("call_id")
+        if call_id not in call_ids:
             continue
+        request_id = fields.get("request_id", "")
         if fields.get("event") == "received" and fields.get("push_event") == "incoming_session":
-            call_push_requests.add(fields.get("request_id", ""))
-        elif fields.get("event") == "outcome" and fields.get("request_id") in call_push_requests:
-            kinds[fields.get("kind", "?")] += 1
-    return dict(kinds)
+            call_push_requests.add(request_id)
+        elif fields.get("event") == "outcome":
+            if request_id in call_push_requests:
+                ended[call_id] = fields.get("kind", "?")
+            elif fields.get("kind") == "dropped":
+                shed.add(call_id)
+    kinds = collections.Counter(ended.values())
+    kinds["dropped"] += len(shed - ended.keys())
+    return {kind: n for kind, n in kinds.items() if n}
 
 
 def failed_calls(screen: str) -> int:
@@ -327,6 +338,11 @@ def sustained(tmp: Path, kam: Proxy, records: SimRecords, pn: str, rate: int, se
     code, log_file, screen = run_sipp(tmp, f"{kam.name}-rate{rate}", "bench_caller.xml", kam, calls=calls,
                                       rate=rate, keys={"callee": user}, timeout=seconds + 60)
     sent = invite_times(log_file)
+    # Every call push ends in one outcome: wait for the sidecar to have logged
+    # them all (a backlog is still being worked through after sipp ends).
+    deadline = time.monotonic() + WAIT_MS / 1000 + 30
+    while sum(sidecar_call_outcomes(sidecar_log, set(sent)).values()) < len(sent) and time.monotonic() < deadline:
+        time.sleep(0.5)
     records.settle(set(sent))
     pushed = {c: records.pushes.get(c, []) for c in sent}
     ok = [c for c, got in pushed.items() if [s for _, s in got] == [200]]
@@ -470,7 +486,8 @@ def report(results: dict) -> None:
                   f"{r['failed_calls']}, pushes ok {r['pushes_ok']}, missing {r['missing']}, duplicated "
                   f"{r['duplicated']}, non-200 {r['not_200']}, drop lines in the proxy log {r['proxy_drop_lines']}")
             ended = ", ".join(f"{kind} {n}" for kind, n in sorted(r["sidecar_outcomes"].items())) or "none logged"
-            print(f"    the sidecar's outcomes of these call pushes: {ended}")
+            unended = r["invites_sent"] - sum(r["sidecar_outcomes"].values())
+            print(f"    the sidecar's outcomes of these call pushes: {ended}; without an outcome: {unended}")
             lat = r["latency_ms"]
             print(f"    INVITE-to-push p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms"
                   f"  (INVITE to sidecar 'received' log line: p50 {r['invite_to_sidecar_received_ms']['p50']:.0f} ms"
