@@ -13,8 +13,10 @@ bash scripts/setup.sh
 .venv/bin/mypy
 
 # A real OpenSIPS of each supported LTS, built from ../shared/vendor (cached).
-export PUSHSIDECAR_OPENSIPS_3_4_18="$(bash scripts/build_opensips.sh 3.4.18 | tail -n 1)"
-export PUSHSIDECAR_OPENSIPS_3_6_8="$(bash scripts/build_opensips.sh 3.6.8 | tail -n 1)"
+# (Assigned before export: a failed build then stops the run; `export X="$(...)"` would hide it.)
+PUSHSIDECAR_OPENSIPS_3_4_18="$(bash scripts/build_opensips.sh 3.4.18 | tail -n 1)"
+PUSHSIDECAR_OPENSIPS_3_6_8="$(bash scripts/build_opensips.sh 3.6.8 | tail -n 1)"
+export PUSHSIDECAR_OPENSIPS_3_4_18 PUSHSIDECAR_OPENSIPS_3_6_8
 export PUSHSIDECAR_REQUIRE_OPENSIPS=1
 export PUSHSIDECAR_REQUIRE_KAMAILIO=1
 export PUSHSIDECAR_REQUIRE_SYSTEMD=1
