@@ -401,8 +401,9 @@ async def test_message_reaches_the_desktop_and_the_phone(proxy, tmp_path, sim, s
         pc_side = answer(tmp_path, proxy, pc, "device_message.xml")
         sender = sipp(tmp_path, f"message-{user}", "message_send.xml", proxy,
                       keys={"callee": user, "text": "hello both"})
-        await in_thread(sender.assert_ok, 15)
+        # The desktop's side first: if the relay is lost, its log says where.
         await in_thread(pc_side.assert_ok, 15)
+        await in_thread(sender.assert_ok, 15)
         assert sipp_received(sender, "SIP/2.0 200")
         [push] = await settle(sim, [phone], 1)
         data = push["body"]["message"]["data"]
