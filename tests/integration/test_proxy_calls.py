@@ -411,6 +411,20 @@ async def test_message_reaches_the_desktop_and_the_phone(proxy, tmp_path, sim, s
 
 
 @bounded
+async def test_message_to_a_silent_desktop_ends_at_the_wait(proxy, tmp_path, sim, sim_credentials) -> None:
+    """A relayed MESSAGE waits no longer for a device than a call does (Kamailio's tm
+    would hold the sender 30 s by default)."""
+    creds = sim_credentials
+    async with running_sidecar(stack_config(tmp_path, creds, sim.port, proxy.endpoint)):
+        pc = desktop(new_user("ivy"))
+        await register(tmp_path, proxy, pc)  # then gone: nothing answers on its port
+        sender = sipp(tmp_path, f"message-{pc.user}", "message_unanswered.xml", proxy,
+                      keys={"callee": pc.user, "text": "anyone?"})
+        elapsed = await in_thread(sender.assert_ok, 40)
+        assert elapsed <= WAIT_MS / 1000 + 3.0, elapsed
+
+
+@bounded
 async def test_development_build_goes_to_the_apns_sandbox(proxy, tmp_path, sim, sim_credentials) -> None:
     creds = sim_credentials
     async with open_simulator(creds, token_update_interval=0) as sandbox:
