@@ -57,6 +57,16 @@ def daemon_env(**extra: str) -> dict[str, str]:
     return env
 
 
+async def run_daemon_to_exit(config_dir: Path, port: int, output: Path) -> tuple[int, str]:
+    """Run ``pushsidecar`` on 127.0.0.1:``port`` until it exits (a start-up
+    error); return its exit status and everything it printed."""
+    with open(output, "wb") as sink:
+        process = await trio.run_process(
+            [PUSHSIDECAR, "--config-dir", str(config_dir), "--ip", "127.0.0.1", "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=daemon_env(), check=False)
+    return process.returncode, output.read_text()
+
+
 @dataclasses.dataclass
 class Daemon:
     """A running ``pushsidecar`` process and where its output goes."""

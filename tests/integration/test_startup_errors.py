@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import socket
-import subprocess
 
 import httpx
 import trio
@@ -23,7 +22,7 @@ from sidecar.service import reload_config
 from sidecar.wire import Sender, encode_direct
 
 from sidecar_fixtures import TOKEN, running_sidecar, sidecar_config
-from test_daemon import PUSHSIDECAR, apple_app_id, daemon_env, push_body, running_daemon, start_daemon
+from test_daemon import PUSHSIDECAR, apple_app_id, push_body, run_daemon_to_exit, running_daemon, start_daemon
 
 
 def zmq_push(call_id: str, creds) -> bytes:
@@ -42,14 +41,8 @@ async def test_http_port_in_use_is_one_line_naming_the_process(tmp_path, sim, si
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        output = tmp_path / "out.txt"
-        with open(output, "wb") as sink:
-            process = await trio.run_process(
-                [PUSHSIDECAR, "--config-dir", str(config_dir), "--ip", "127.0.0.1", "--port", str(port)],
-                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=daemon_env(),
-                check=False)
-    text = output.read_text()
-    assert process.returncode == 1, text
+        returncode, text = await run_daemon_to_exit(config_dir, port, tmp_path / "out.txt")
+    assert returncode == 1, text
     assert "Traceback" not in text
     [line] = error_lines(text)
     assert f"cannot listen for HTTP on 127.0.0.1:{port}: address already in use by pid {os.getpid()}" in line

@@ -26,7 +26,7 @@ from sidecar.wire import Sender, encode_direct
 from sidecar_fixtures import TOKEN, sidecar_config
 from test_daemon import (
     START_TIMEOUT, apple_app_id, daemon_env, device_records, metric_value, push_body,
-    running_daemon, set_server_options, short_socket_dir, wait_until, zmq_endpoint,
+    run_daemon_to_exit, running_daemon, set_server_options, short_socket_dir, wait_until, zmq_endpoint,
 )
 
 
@@ -156,22 +156,12 @@ async def test_ready_once_both_workers_are_ready_and_watchdog_while_alive(
 async def test_workers_refuse_a_port_in_use_with_one_line(
     tmp_path: Path, sim: Simulator, sim_credentials: SimCredentials
 ) -> None:
-    import subprocess
-
-    from test_daemon import PUSHSIDECAR
-
     config_dir = workers_config(tmp_path, sim_credentials, sim.port)
     with socket.socket() as holder:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as another supervised sidecar
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        output = tmp_path / "out.txt"
-        with open(output, "wb") as sink:
-            process = await trio.run_process(
-                [PUSHSIDECAR, "--config-dir", str(config_dir), "--ip", "127.0.0.1", "--port", str(port)],
-                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=daemon_env(),
-                check=False)
-    text = output.read_text()
-    assert process.returncode == 1 and "Traceback" not in text, text
+        returncode, text = await run_daemon_to_exit(config_dir, port, tmp_path / "out.txt")
+    assert returncode == 1 and "Traceback" not in text, text
     assert f"cannot listen for HTTP on 127.0.0.1:{port}: address already in use" in text
