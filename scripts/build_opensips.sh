@@ -14,8 +14,16 @@ cd "$(dirname "$0")/.."
 version=${1:?usage: build_opensips.sh VERSION (3.4.18 or 3.6.8)}
 tarball=${OPENSIPS_TARBALL:-../shared/vendor/opensips-$version.tar.gz}
 if [ ! -f "$tarball" ]; then
-    echo "build_opensips: $tarball not found" >&2
-    exit 1
+    # A checkout outside the project folder has no ../shared: a build cached
+    # from the same version's tarball still serves; with none, stop here.
+    cached=$(ls -dt "${XDG_CACHE_HOME:-$HOME/.cache}"/pushsidecar/opensips-"$version"-*/sbin/opensips 2>/dev/null | head -n 1 || true)
+    if [ -z "$cached" ]; then
+        echo "build_opensips: $tarball not found, and no cached OpenSIPS $version build" >&2
+        exit 1
+    fi
+    echo "build_opensips: $tarball not found; using the cached ${cached%/sbin/opensips}" >&2
+    echo "${cached%/sbin/opensips}"
+    exit 0
 fi
 MODULES="signaling sl tm rr maxfwd sipmsgops usrloc registrar event_routing cachedb_local cfgutils textops python"
 case "$version" in
