@@ -215,6 +215,8 @@ class SippRun:
     process: subprocess.Popen
     log_dir: Path
     started: float
+    proxy: Proxy
+
 
     def wait(self, timeout: float = 30.0) -> int:
         try:
@@ -229,6 +231,8 @@ class SippRun:
         for path in sorted(self.log_dir.glob("*")):
             if path.is_file():
                 text.append(f"--- {path.name}\n{path.read_text(errors='replace')[-6000:]}")
+        # What the proxy made of it: a failed call is explained there, not in sipp's logs.
+        text.append(f"--- {self.proxy.name} log (last 80 lines)\n" + "\n".join(self.proxy.log().splitlines()[-80:]))
         return "\n".join(text)
 
     def assert_ok(self, timeout: float = 30.0) -> float:
@@ -260,7 +264,7 @@ def sipp(tmp: Path, name: str, scenario: str, kam: Proxy, *, calls: int = 1, rat
     out = (log_dir / "stdout.log").open("wb")
     process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                cwd=log_dir)
-    return SippRun(name, process, log_dir, time.monotonic())
+    return SippRun(name, process, log_dir, time.monotonic(), kam)
 
 
 # -- OpenSIPS -------------------------------------------------------------------

@@ -495,10 +495,18 @@ async def test_one_wakeup_releases_every_call_held_for_the_phone(proxy, tmp_path
         caller = sipp(tmp_path, f"caller-{phone.user}", "caller_answered.xml", proxy, calls=3, rate=50,
                       keys={"callee": phone.user, "media": "audio"})
         records = await wait_pushes(sim, [phone], 3)
+        pushed_after = time.monotonic() - caller.started
         assert len({r["body"]["call-id"] for r in records}) == 3
         await register(tmp_path, proxy, phone, name="wakeup")
-        await in_thread(caller.assert_ok, 20)
-        await in_thread(device.assert_ok, 20)
+        # When the wake-up comes late against the wait, say so: a flake seen once in CI (480 to all
+        # three calls at the wait) must show whether the phone registered in time.
+        timeline = (f"pushes seen {pushed_after:.2f} s and wake-up REGISTER answered "
+                    f"{time.monotonic() - caller.started:.2f} s after the calls began (wait {WAIT_MS} ms)")
+        try:
+            await in_thread(caller.assert_ok, 20)
+            await in_thread(device.assert_ok, 20)
+        except AssertionError as failed:
+            raise AssertionError(f"{timeline}\n{failed}") from None
         await settle(sim, [phone], 3)
 
 
