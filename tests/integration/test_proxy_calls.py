@@ -230,6 +230,14 @@ def sipp_received(run, first_line: str) -> bool:
                for line in re.findall(r"message received \[\d+\] bytes :\s*\n\s*(.*)", text))
 
 
+def invite_branches(run) -> set[str]:
+    """The distinct INVITEs (by the proxy's Via branch) in sipp's message log: retransmissions count once."""
+    text = (run.log_dir / "messages.log").read_text(errors="replace")
+    invite_then_first_via = (r"message received \[\d+\] bytes :\s*\n\s*INVITE [^\n]*\n"
+                             r"(?:[^\n]+\n)*?Via: [^\n]*branch=([^;,\s]+)")
+    return set(re.findall(invite_then_first_via, text))
+
+
 # -- The flows ------------------------------------------------------------------------
 
 
@@ -508,6 +516,27 @@ async def test_one_wakeup_releases_every_call_held_for_the_phone(proxy, tmp_path
         except AssertionError as failed:
             raise AssertionError(f"{timeline}\n{failed}") from None
         await settle(sim, [phone], 3)
+
+
+@bounded
+async def test_a_phone_that_registers_twice_gets_each_held_call_once(proxy, tmp_path, sim, sim_credentials) -> None:
+    """Two wake-up REGISTERs at once (a UDP retransmission, or a second one right
+    after): each held call is forked to the phone once, not once per REGISTER."""
+    creds = sim_credentials
+    async with running_sidecar(stack_config(tmp_path, creds, sim.port, proxy.endpoint)):
+        phone = linphone_ios(new_user("pat"), creds)
+        await register(tmp_path, proxy, phone)
+        device = answer(tmp_path, proxy, phone, calls=2)
+        caller = sipp(tmp_path, f"caller-{phone.user}", "caller_answered.xml", proxy, calls=2, rate=50,
+                      keys={"callee": phone.user, "media": "audio"})
+        await wait_pushes(sim, [phone], 2)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(register, tmp_path, proxy, phone, name="wakeup"))
+            nursery.start_soon(functools.partial(register, tmp_path, proxy, phone, name="wakeup-again"))
+        await in_thread(caller.assert_ok, 20)
+        await in_thread(device.assert_ok, 20)
+        branches = invite_branches(device)
+        assert len(branches) == 2, f"{len(branches)} INVITE branches to the phone for 2 calls:\n{device.output()}"
 
 
 @bounded
