@@ -493,16 +493,25 @@ async def test_sidecar_down_fails_fast_then_recovers(proxy, tmp_path, sim, sim_c
     assert "Traceback" not in running.log()
 
 
+async def calls_held_for_a_sleeping_phone(tmp: Path, proxy: Proxy, sim: Simulator, creds: SimCredentials,
+                                          name: str, calls: int):
+    """A registered Linphone iOS phone, its device side ready to answer, and ``calls``
+    calls to it held by the proxy until each one's push has reached the simulator.
+    Returns (phone, device sipp, caller sipp, the push records)."""
+    phone = linphone_ios(new_user(name), creds)
+    await register(tmp, proxy, phone)
+    device = answer(tmp, proxy, phone, calls=calls)
+    caller = sipp(tmp, f"caller-{phone.user}", "caller_answered.xml", proxy, calls=calls, rate=50,
+                  keys={"callee": phone.user, "media": "audio"})
+    records = await wait_pushes(sim, [phone], calls)
+    return phone, device, caller, records
+
+
 @bounded
 async def test_one_wakeup_releases_every_call_held_for_the_phone(proxy, tmp_path, sim, sim_credentials) -> None:
-    creds = sim_credentials
-    async with running_sidecar(stack_config(tmp_path, creds, sim.port, proxy.endpoint)):
-        phone = linphone_ios(new_user("ned"), creds)
-        await register(tmp_path, proxy, phone)
-        device = answer(tmp_path, proxy, phone, calls=3)
-        caller = sipp(tmp_path, f"caller-{phone.user}", "caller_answered.xml", proxy, calls=3, rate=50,
-                      keys={"callee": phone.user, "media": "audio"})
-        records = await wait_pushes(sim, [phone], 3)
+    async with running_sidecar(stack_config(tmp_path, sim_credentials, sim.port, proxy.endpoint)):
+        phone, device, caller, records = await calls_held_for_a_sleeping_phone(
+            tmp_path, proxy, sim, sim_credentials, "ned", calls=3)
         pushed_after = time.monotonic() - caller.started
         assert len({r["body"]["call-id"] for r in records}) == 3
         await register(tmp_path, proxy, phone, name="wakeup")
@@ -522,14 +531,9 @@ async def test_one_wakeup_releases_every_call_held_for_the_phone(proxy, tmp_path
 async def test_a_phone_that_registers_twice_gets_each_held_call_once(proxy, tmp_path, sim, sim_credentials) -> None:
     """Two wake-up REGISTERs at once (a UDP retransmission, or a second one right
     after): each held call is forked to the phone once, not once per REGISTER."""
-    creds = sim_credentials
-    async with running_sidecar(stack_config(tmp_path, creds, sim.port, proxy.endpoint)):
-        phone = linphone_ios(new_user("pat"), creds)
-        await register(tmp_path, proxy, phone)
-        device = answer(tmp_path, proxy, phone, calls=2)
-        caller = sipp(tmp_path, f"caller-{phone.user}", "caller_answered.xml", proxy, calls=2, rate=50,
-                      keys={"callee": phone.user, "media": "audio"})
-        await wait_pushes(sim, [phone], 2)
+    async with running_sidecar(stack_config(tmp_path, sim_credentials, sim.port, proxy.endpoint)):
+        phone, device, caller, _ = await calls_held_for_a_sleeping_phone(
+            tmp_path, proxy, sim, sim_credentials, "pat", calls=2)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(functools.partial(register, tmp_path, proxy, phone, name="wakeup"))
             nursery.start_soon(functools.partial(register, tmp_path, proxy, phone, name="wakeup-again"))
